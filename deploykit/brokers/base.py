@@ -1,0 +1,164 @@
+"""The one interface the core uses to talk to a broker, and the plain data that crosses it.
+
+Each broker module (``redis.py``, ``rabbitmq.py``, ``filesystem.py``, ``generic.py``) implements
+:class:`Broker` and translates its library's exceptions into :mod:`deploykit.errors` at this
+boundary. Only frozen dataclasses cross it. "Unknown" is ``None``, never ``0``.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, ClassVar
+
+#: Celery's internal queues: remote-control mailboxes and replies, event queues.
+_INTERNAL = re.compile(r"(\.pidbox$|^celeryev\.|\.reply\.celery\.pidbox$|^_kombu\.)")
+#: RabbitMQ native delayed delivery (Celery 5.5+ with quorum queues): celery_delayed_0 … _27.
+DELAYED_QUEUE = re.compile(r"^(?:.+_)?celery_delayed_(\d+)$")
+
+
+def is_internal_queue(name: str) -> bool:
+    """True for Celery's remote-control, reply and event queues (never task queues)."""
+    return bool(_INTERNAL.search(name))
+
+
+def is_delayed_queue(name: str) -> bool:
+    """True for the ``celery_delayed_N`` queues of RabbitMQ native delayed delivery."""
+    return bool(DELAYED_QUEUE.match(name))
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """What the broker says about one queue."""
+
+    name: str
+    #: Messages waiting to be delivered (all priority sub-queues summed).
+    ready: int | None = None
+    #: Delivered to a consumer and not yet acknowledged (reserved, prefetched, ETA, running acks_late).
+    unacked: int | None = None
+    #: Of ``unacked``, how many carry an ETA/countdown (held in a worker's timer). ``None``: the
+    #: broker cannot tell (RabbitMQ); the core then counts them from the workers' replies.
+    unacked_eta: int | None = None
+    #: Consumers attached, as the broker counts them (``None`` on Redis: it has no such notion).
+    consumers: int | None = None
+    #: ``classic`` / ``quorum`` / ``stream`` on RabbitMQ; ``None`` where the broker has no types.
+    queue_type: str | None = None
+    #: ``False`` when the broker does not know the queue (on Redis an empty queue has no key:
+    #: that is still ``exists=True`` with ``ready=0`` if the queue is bound).
+    exists: bool = True
+    #: Ready messages per priority step (Redis), for display.
+    ready_by_priority: Mapping[int, int] | None = None
+    #: Queue arguments the broker reports (``x-consumer-timeout``, ``x-queue-type``…).
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DelayedStore:
+    """Broker-side storage of ETA messages (RabbitMQ native delayed delivery)."""
+
+    queues: tuple[str, ...]
+    #: Messages waiting in those queues (``None`` when only AMQP counts ready ones... see ``note``).
+    messages: int | None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class QueueReport:
+    """The answer to :meth:`Broker.queue_stats`."""
+
+    queues: tuple[QueueStats, ...]
+    #: Where the numbers came from: ``redis``, ``management-api``, ``amqp-passive``, ``filesystem``, ``kombu``.
+    source: str
+    #: Human-readable caveats that belong next to the numbers (e.g. a fallback was used).
+    notes: tuple[str, ...] = ()
+    delayed: DelayedStore | None = None
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """A task message as the broker stores it: nothing decoded but the transport envelope."""
+
+    #: ``ready`` (waiting in a queue), ``unacked`` (delivered to a worker) or ``delayed``.
+    location: str
+    queue: str | None
+    headers: Mapping[str, Any]
+    properties: Mapping[str, Any]
+    #: The body exactly as stored (base64 text for Redis envelopes, bytes for AMQP).
+    body: bytes | str
+    #: ``base64`` when the body is base64 text (kombu's virtual-transport default), else ``None``.
+    body_encoding: str | None
+    content_type: str | None
+    content_encoding: str | None
+    #: Size of the stored message in bytes.
+    size: int
+    delivery_tag: str | None = None
+    #: Unix time the message was delivered to a worker (Redis ``unacked_index``), for ``unacked``.
+    delivered_at: float | None = None
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Broker settings that decide deploy hazards."""
+
+    #: Redis/SQS: seconds after which an unacked message is redelivered.
+    visibility_timeout: float | None = None
+    #: RabbitMQ: seconds a delivery may stay unacked before the channel is closed.
+    consumer_timeout: float | None = None
+    #: Where ``consumer_timeout`` comes from: ``default``, ``config``, ``queue-argument``, ``policy``.
+    consumer_timeout_source: str | None = None
+
+
+class Broker(ABC):
+    """Read-only access to one broker (and, later, the few writes orchestration needs)."""
+
+    #: ``redis``, ``rabbitmq``, ``filesystem`` or ``kombu``.
+    kind: ClassVar[str]
+
+    def __init__(self, display_url: str) -> None:
+        #: The broker URL with its password masked, safe to print.
+        self.display_url = display_url
+
+    @abstractmethod
+    def known_queues(self) -> list[str]:
+        """Task queues the broker itself knows (bindings, queue list), internal ones excluded."""
+
+    @abstractmethod
+    def queue_stats(self, names: Sequence[str]) -> QueueReport:
+        """Counts for ``names`` (in that order); a queue the broker lacks has ``exists=False``."""
+
+    def unacked_messages(self) -> Iterator[RawMessage]:
+        """Messages delivered to workers and not yet acknowledged, where the broker exposes them.
+
+        Redis keeps them (reserved, prefetched and ETA tasks) in its ``unacked`` hash; RabbitMQ
+        does not expose unacked messages, so the default yields nothing.
+        """
+        return iter(())
+
+    def worker_mailboxes(self, control_exchange: str = "celery") -> list[str] | None:
+        """Node names of the workers whose remote-control mailbox the broker holds.
+
+        Lets the fleet ping exactly the expected workers and return as soon as they have all
+        answered. ``None`` means the broker cannot tell: fall back to a broadcast.
+        """
+        return None
+
+    def settings(self) -> BrokerSettings:
+        """Deploy-relevant broker settings."""
+        return BrokerSettings()
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""The bundled demo (``make demo``) and the process helpers it shares with the test suite."""
