@@ -137,6 +137,16 @@ class Broker(ABC):
         """
         return iter(())
 
+    def iter_messages(self, queue: str, *, batch: int = 1000) -> Iterator[RawMessage]:
+        """Every message waiting in ``queue`` (all priority sub-queues), read without consuming,
+        reordering or redelivering anything, in bounded batches; next-to-be-consumed first.
+
+        Brokers with no non-destructive read (RabbitMQ) raise :class:`deploykit.errors.Refused`.
+        """
+        from deploykit.errors import Refused
+
+        raise Refused(f"{self.kind} brokers cannot list waiting messages without consuming them")
+
     def worker_mailboxes(self, control_exchange: str = "celery") -> list[str] | None:
         """Node names of the workers whose remote-control mailbox the broker holds.
 

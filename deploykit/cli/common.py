@@ -1,0 +1,136 @@
+"""What every command shares: the configuration options, error handling and exit codes.
+
+Commands are thin: parse options, resolve :class:`~deploykit.config.Settings`, call one core
+function, render, exit. A :class:`~deploykit.errors.DeploykitError` becomes one line on stderr
+and its exit code; anything else is a bug and shows a traceback (without locals).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Annotated, Any
+
+import typer
+
+from deploykit.config import CliFlags, Redactor, Settings, resolve_settings
+from deploykit.errors import DeploykitError, ExitCode
+
+AppOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-A", "--app", metavar="MODULE[:ATTR]",
+        help="Celery app to import, like `celery -A` [env: DEPLOYKIT_APP].",
+        show_default=False,
+    ),
+]
+BrokerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-b", "--broker", metavar="URL",
+        help="Broker URL (default: the app's broker_url, then CELERY_BROKER_URL) [env: DEPLOYKIT_BROKER].",
+        show_default=False,
+    ),
+]
+ManagementOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--management-url", metavar="URL",
+        help="RabbitMQ management API (default: broker host, port 15672, same credentials) "
+        "[env: DEPLOYKIT_MANAGEMENT_URL].",
+        show_default=False,
+    ),
+]
+TimeoutOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--timeout", metavar="DURATION",
+        help="How long to wait for worker replies, e.g. 1, 2.5s, 500ms (default 1s) [env: DEPLOYKIT_TIMEOUT].",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+
+@dataclass(frozen=True)
+class State:
+    """Options given before the command name (``deploykit -A proj status``)."""
+
+    flags: CliFlags = CliFlags()
+
+
+def merged_flags(
+    ctx: typer.Context,
+    app: str | None = None,
+    broker: str | None = None,
+    management_url: str | None = None,
+    timeout: str | None = None,
+) -> CliFlags:
+    """Command-level options win over the same options given before the command name."""
+    base = ctx.obj.flags if isinstance(ctx.obj, State) else CliFlags()
+    return replace(
+        base,
+        app=app if app is not None else base.app,
+        broker=broker if broker is not None else base.broker,
+        management_url=management_url if management_url is not None else base.management_url,
+        timeout=timeout if timeout is not None else base.timeout,
+    )
+
+
+def resolve(flags: CliFlags, *, need_app: bool = False) -> tuple[Settings, Any]:
+    """Resolve settings (importing the app only when needed)."""
+    from deploykit.userapp import load_app
+
+    return resolve_settings(flags, load_app=load_app, need_app=need_app)
+
+
+_redactor = Redactor()
+
+
+def use_redactor(settings: Settings) -> Redactor:
+    """Make every error message from now on scrub this configuration's secrets."""
+    global _redactor
+    _redactor = settings.redactor()
+    return _redactor
+
+
+def error(message: str) -> None:
+    """One line on stderr, secrets scrubbed."""
+    typer.echo(f"deploykit: error: {_redactor(message)}", err=True)
+
+
+def warn(message: str) -> None:
+    typer.echo(f"deploykit: warning: {_redactor(message)}", err=True)
+
+
+@contextlib.contextmanager
+def handle_errors() -> Iterator[None]:
+    """Turn deploykit errors and Ctrl-C into a one-line message and the documented exit code."""
+    try:
+        yield
+    except DeploykitError as exc:
+        error(exc.message)
+        raise typer.Exit(int(exc.exit_code)) from None
+    except KeyboardInterrupt:
+        error("interrupted")
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+
+
+def emit_json(document: Any) -> None:
+    """Write one JSON document on stdout (secrets scrubbed)."""
+    from deploykit.output.jsonout import dumps
+
+    sys.stdout.write(_redactor(dumps(document)) + "\n")
+    sys.stdout.flush()
+
+
+def color_enabled() -> bool:
+    """Colour only on a TTY, never when ``NO_COLOR`` is set and non-empty."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    return sys.stdout.isatty()

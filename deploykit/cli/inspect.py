@@ -1,0 +1,1 @@
+"""Read commands: workers, queues, scheduled, status (filled in by the inspection work)."""

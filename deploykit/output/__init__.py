@@ -1,0 +1,1 @@
+"""Renderers: text (rich) for people, JSON for machines, CI formats for findings."""
