@@ -70,7 +70,8 @@ class QueueReport:
     """The answer to :meth:`Broker.queue_stats`."""
 
     queues: tuple[QueueStats, ...]
-    #: Where the numbers came from: ``redis``, ``management-api``, ``amqp-passive``, ``filesystem``, ``kombu``.
+    #: Where the numbers came from: ``redis``, ``management-api``, ``amqp-passive``,
+    #: ``filesystem`` or ``kombu``.
     source: str
     #: Human-readable caveats that belong next to the numbers (e.g. a fallback was used).
     notes: tuple[str, ...] = ()

@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
 import typer
@@ -22,7 +22,9 @@ from deploykit.errors import DeploykitError, ExitCode
 AppOpt = Annotated[
     str | None,
     typer.Option(
-        "-A", "--app", metavar="MODULE[:ATTR]",
+        "-A",
+        "--app",
+        metavar="MODULE[:ATTR]",
         help="Celery app to import, like `celery -A` [env: DEPLOYKIT_APP].",
         show_default=False,
     ),
@@ -30,7 +32,9 @@ AppOpt = Annotated[
 BrokerOpt = Annotated[
     str | None,
     typer.Option(
-        "-b", "--broker", metavar="URL",
+        "-b",
+        "--broker",
+        metavar="URL",
         help="Broker URL (default: the app's broker_url, then CELERY_BROKER_URL) [env: DEPLOYKIT_BROKER].",
         show_default=False,
     ),
@@ -38,7 +42,8 @@ BrokerOpt = Annotated[
 ManagementOpt = Annotated[
     str | None,
     typer.Option(
-        "--management-url", metavar="URL",
+        "--management-url",
+        metavar="URL",
         help="RabbitMQ management API (default: broker host, port 15672, same credentials) "
         "[env: DEPLOYKIT_MANAGEMENT_URL].",
         show_default=False,
@@ -47,8 +52,9 @@ ManagementOpt = Annotated[
 TimeoutOpt = Annotated[
     str | None,
     typer.Option(
-        "--timeout", metavar="DURATION",
-        help="How long to wait for worker replies, e.g. 1, 2.5s, 500ms (default 1s) [env: DEPLOYKIT_TIMEOUT].",
+        "--timeout",
+        metavar="DURATION",
+        help="How long to wait for worker replies: 1, 2.5s, 500ms (default 1s) [env: DEPLOYKIT_TIMEOUT].",
         show_default=False,
     ),
 ]
@@ -59,7 +65,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document o
 class State:
     """Options given before the command name (``deploykit -A proj status``)."""
 
-    flags: CliFlags = CliFlags()
+    flags: CliFlags = field(default_factory=CliFlags)
 
 
 def merged_flags(

@@ -1,0 +1,191 @@
+"""The real fleet: kombu's pidbox mailbox, driven so replies never wait out a fixed timeout.
+
+Celery's ``inspect`` collects replies until none arrives for ``timeout`` seconds, unless it knows
+how many replies to expect (``limit``; celery-internals §1.1, kombu ``Mailbox._collect``). We know:
+the broker lists the workers' mailboxes, so we ping exactly those and stop when all answered. We
+also send every inspect command at once, each with its own ticket, and collect all replies on the
+shared reply queue in one wait — one round trip instead of one per command.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from deploykit.errors import Unavailable, UsageError
+from deploykit.fleet.base import Fleet, Replies
+
+#: Replies are decoded with these serializers only: never pickle, whatever the app accepts.
+SAFE_ACCEPT = ("application/json", "application/x-msgpack", "application/x-yaml")
+
+
+class CeleryFleet(Fleet):
+    """Remote control over a Celery app's broker connection."""
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        timeout: float,
+        display_url: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._app = app
+        self._timeout = timeout
+        self._display_url = display_url
+        self._clock = clock
+        self._connection: Any = None
+        self._mailbox: Any = None
+
+    # -- connection -------------------------------------------------------------------------
+    def _open(self) -> Any:
+        if self._mailbox is None:
+            try:
+                connection = self._app.connection_for_write()
+                connection.ensure_connection(max_retries=1, timeout=max(self._timeout, 2.0))
+            except Exception as exc:
+                raise _translate(exc, self._display_url) from None
+            self._connection = connection
+            self._mailbox = self._app.control.mailbox(connection)
+        return self._mailbox
+
+    def close(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.release()
+            except Exception:  # closing a broken connection must not mask the real error
+                pass
+            self._connection = None
+            self._mailbox = None
+
+    # -- requests ---------------------------------------------------------------------------
+    def ping(self, destination: Sequence[str] | None = None) -> list[str]:
+        if destination is not None and not destination:
+            return []
+        replies = self._request({"ping": {}}, destination)
+        return sorted(replies.by_command.get("ping", {}))
+
+    def gather(self, commands: Mapping[str, Mapping[str, Any]], destination: Sequence[str]) -> Replies:
+        if not destination or not commands:
+            return Replies({command: {} for command in commands})
+        return self._request(commands, destination)
+
+    def control(
+        self,
+        command: str,
+        arguments: Mapping[str, Any],
+        destination: Sequence[str],
+        *,
+        reply: bool = True,
+    ) -> Mapping[str, Any]:
+        if not destination:
+            return {}
+        if not reply:
+            mailbox = self._open()
+            try:
+                mailbox._publish(
+                    command,
+                    dict(arguments),
+                    destination=list(destination),
+                    channel=self._connection.default_channel,
+                    timeout=self._timeout,
+                    serializer="json",
+                )
+            except Exception as exc:
+                raise _translate(exc, self._display_url) from None
+            return {}
+        return self._request({command: arguments}, destination).by_command.get(command, {})
+
+    def _request(
+        self, commands: Mapping[str, Mapping[str, Any]], destination: Sequence[str] | None
+    ) -> Replies:
+        from kombu import Consumer
+        from kombu.utils.uuid import uuid
+
+        mailbox = self._open()
+        channel = self._connection.default_channel
+        start = self._clock()
+        tickets: dict[str, str] = {}
+        try:
+            for command, arguments in commands.items():
+                ticket = uuid()
+                tickets[ticket] = command
+                # Mailbox._publish is kombu's own request path (pidbox.py); it declares the reply
+                # queue and stamps ``expires`` so late workers drop a stale request.
+                mailbox._publish(
+                    command,
+                    dict(arguments),
+                    destination=list(destination) if destination is not None else None,
+                    reply_ticket=ticket,
+                    channel=channel,
+                    timeout=self._timeout,
+                    serializer="json",
+                )
+        except Exception as exc:
+            raise _translate(exc, self._display_url) from None
+
+        by_command: dict[str, dict[str, Any]] = {command: {} for command in commands}
+        expected = len(destination) * len(commands) if destination is not None else None
+        received = 0
+
+        def on_message(body: Any, message: Any) -> None:
+            nonlocal received
+            command = tickets.get(message.headers.get("ticket"))
+            expires = message.headers.get("expires")
+            if command is None or (expires and time.time() > expires) or not isinstance(body, dict):
+                return
+            for node, answer in body.items():
+                if destination is not None and node not in destination:
+                    continue
+                if node not in by_command[command]:
+                    received += 1
+                by_command[command][node] = answer
+
+        consumer = Consumer(channel, [mailbox.reply_queue], accept=list(SAFE_ACCEPT), no_ack=True)
+        consumer.register_callback(on_message)
+        deadline = start + self._timeout
+        try:
+            with consumer:
+                while expected is None or received < expected:
+                    remaining = deadline - self._clock()
+                    if remaining <= 0:
+                        break
+                    try:
+                        self._connection.drain_events(timeout=remaining)
+                    except TimeoutError:
+                        break
+        except Exception as exc:
+            raise _translate(exc, self._display_url) from None
+        finally:
+            try:
+                # On virtual transports (Redis) this deletes the reply queue (kombu virtual/base.py).
+                channel.after_reply_message_received(mailbox.reply_queue.name)
+            except Exception:
+                pass
+        missing: tuple[str, ...] = ()
+        if destination is not None:
+            missing = tuple(sorted(n for n in destination if any(n not in by_command[c] for c in commands)))
+        return Replies(by_command, missing=missing, elapsed=self._clock() - start)
+
+
+def _translate(exc: BaseException, display_url: str) -> Exception:
+    """Map kombu/redis/amqp connection errors to deploykit errors (no secrets in messages)."""
+    from deploykit.config import Redactor
+
+    scrub = Redactor()
+    text = scrub(str(exc)) or type(exc).__name__
+    name = type(exc).__name__
+    lowered = text.lower()
+    if (
+        "access_refused" in lowered
+        or "authentication" in lowered
+        or "auth" in name.lower()
+        or "invalid username-password" in lowered
+        or "wrongpass" in lowered
+        or "noauth" in lowered
+    ):
+        return UsageError(f"broker {display_url} rejected the credentials: {text}")
+    if "not_allowed" in lowered and "vhost" in lowered:
+        return UsageError(f"broker {display_url}: {text}")
+    return Unavailable(f"cannot reach broker {display_url}: {text}")

@@ -1,0 +1,569 @@
+"""What is in flight: workers, queues and scheduled (ETA) tasks, from the broker and the fleet.
+
+The core of ``deploykit workers | queues | scheduled | status``. It sees the broker and the
+workers only through :class:`~deploykit.brokers.base.Broker` and
+:class:`~deploykit.fleet.base.Fleet`, so it is tested against fakes and, for real, against live
+workers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from deploykit.brokers.base import (
+    Broker,
+    BrokerSettings,
+    DelayedStore,
+    QueueStats,
+    RawMessage,
+    is_delayed_queue,
+    is_internal_queue,
+)
+from deploykit.errors import Unavailable
+from deploykit.fleet.base import Discovery, Fleet, Replies
+from deploykit.messages import parse_time, shorten, task_headers
+
+#: The inspect commands ``workers`` and ``status`` send, all at once (one round trip).
+WORKER_COMMANDS: Mapping[str, Mapping[str, Any]] = {
+    "stats": {},
+    "active_queues": {},
+    "active": {},
+    "reserved": {},
+    "scheduled": {},
+    "report": {},
+}
+
+_CELERY_VERSION = re.compile(r"celery:(\S+)")
+
+
+# --------------------------------------------------------------------------------------------
+# data
+@dataclass(frozen=True)
+class HeldTask:
+    """A task a worker holds in memory: running (active), reserved/prefetched, or ETA-scheduled."""
+
+    id: str | None
+    name: str | None
+    worker: str
+    state: str  # "active" | "reserved" | "scheduled"
+    queue: str | None
+    eta: datetime | None = None
+    args: str | None = None
+    kwargs: str | None = None
+    priority: int | None = None
+    acknowledged: bool | None = None
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One online worker."""
+
+    hostname: str
+    pid: int | None
+    pool: str | None
+    concurrency: int | None
+    prefetch_count: int | None
+    queues: tuple[str, ...]
+    active: int | None
+    reserved: int | None
+    scheduled: int | None
+    uptime: float | None
+    celery_version: str | None
+    tasks: tuple[HeldTask, ...] = ()
+    #: True when some of the inspect commands got no answer in time.
+    partial: bool = False
+
+
+@dataclass(frozen=True)
+class FleetView:
+    workers: tuple[WorkerInfo, ...]
+    discovery: Discovery
+    #: Nodes that answered the ping but not every inspect command.
+    partial: tuple[str, ...] = ()
+
+    @property
+    def held_tasks(self) -> list[HeldTask]:
+        return [task for worker in self.workers for task in worker.tasks]
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    """One queue, as the broker and the workers see it."""
+
+    name: str
+    ready: int | None
+    unacked: int | None
+    #: Of the unacked ones, ETA/countdown tasks held by workers.
+    eta_held: int | None
+    consumers: int | None
+    #: Where ``consumers`` comes from: ``broker`` or ``workers`` (Redis has no consumer count).
+    consumers_source: str | None
+    consumer_workers: tuple[str, ...]
+    queue_type: str | None
+    exists: bool
+    #: Why the queue is listed: ``workers`` (consumed), ``app`` (defined or routed to), ``broker``.
+    listed_by: tuple[str, ...]
+    ready_by_priority: Mapping[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class QueuesView:
+    queues: tuple[QueueRow, ...]
+    source: str
+    notes: tuple[str, ...]
+    delayed: DelayedStore | None
+
+
+@dataclass(frozen=True)
+class Hazard:
+    """A known way this scheduled task will misbehave."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ScheduledEntry:
+    """An ETA/countdown task wherever it waits."""
+
+    id: str | None
+    name: str | None
+    eta: datetime | None
+    seconds_left: float | None
+    #: ``worker`` (in a worker's timer) or ``broker-unacked`` (in Redis' unacked hash with no live
+    #: worker holding it: its worker died).
+    location: str
+    worker: str | None
+    queue: str | None
+    args: str | None
+    kwargs: str | None
+    hazards: tuple[Hazard, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScheduledView:
+    entries: tuple[ScheduledEntry, ...]
+    delayed: DelayedStore | None
+    settings: BrokerSettings
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    busy: bool
+    summary: str
+    counts: Mapping[str, int]
+    unknown: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StatusView:
+    fleet: FleetView
+    queues: QueuesView
+    scheduled: ScheduledView
+    verdict: Verdict
+    hazards: tuple[Hazard, ...] = field(default_factory=tuple)
+
+
+# --------------------------------------------------------------------------------------------
+# fleet
+def discover(fleet: Fleet, broker: Broker, control_exchange: str = "celery") -> Discovery:
+    """Find the online workers, without waiting out the timeout when the broker lists them."""
+    expected = broker.worker_mailboxes(control_exchange)
+    if expected is None:
+        return Discovery(tuple(fleet.ping(None)), method="broadcast")
+    expected = sorted(set(expected))
+    answered = fleet.ping(expected) if expected else []
+    silent = tuple(node for node in expected if node not in answered)
+    return Discovery(tuple(sorted(answered)), method="broker-mailboxes", silent=silent)
+
+
+def _pool_name(implementation: Any) -> str | None:
+    if not isinstance(implementation, str):
+        return None
+    # 'celery.concurrency.prefork:TaskPool' -> 'prefork'
+    module = implementation.split(":")[0]
+    return module.rsplit(".", 1)[-1]
+
+
+def _queue_for(delivery_info: Mapping[str, Any] | None, declared: Sequence[Mapping[str, Any]]) -> str | None:
+    """The queue a delivered message came from, matched against the worker's consumed queues."""
+    if not isinstance(delivery_info, Mapping):
+        return None
+    exchange = delivery_info.get("exchange") or ""
+    routing_key = delivery_info.get("routing_key")
+    for queue in declared:
+        q_exchange = queue.get("exchange") or {}
+        q_exchange_name = q_exchange.get("name", "") if isinstance(q_exchange, Mapping) else ""
+        if queue.get("routing_key") == routing_key and (q_exchange_name or "") == exchange:
+            return str(queue.get("name"))
+    if not exchange and isinstance(routing_key, str):
+        return routing_key
+    names = [str(q.get("name")) for q in declared]
+    if isinstance(routing_key, str) and routing_key in names:
+        return routing_key
+    # Native delayed delivery rewrites the routing key to '<28 bits>.<rk>' (celery-internals §4.3).
+    if isinstance(routing_key, str) and "." in routing_key:
+        tail = routing_key.rsplit(".", 1)[-1]
+        if tail in names:
+            return tail
+    return routing_key if isinstance(routing_key, str) else None
+
+
+def _held(
+    info: Any, worker: str, state: str, declared: Sequence[Mapping[str, Any]], eta: Any = None
+) -> HeldTask:
+    request = info if isinstance(info, Mapping) else {}
+    delivery = request.get("delivery_info")
+    priority = delivery.get("priority") if isinstance(delivery, Mapping) else None
+    return HeldTask(
+        id=request.get("id"),
+        # 'type' is the real task name; 'name' may be a shadow name (celery-internals §1.2).
+        name=request.get("type") or request.get("name"),
+        worker=worker,
+        state=state,
+        queue=_queue_for(delivery, declared),
+        eta=parse_time(eta),
+        args=_repr_args(request.get("args")),
+        kwargs=_repr_args(request.get("kwargs")),
+        priority=priority if isinstance(priority, int) else None,
+        acknowledged=request.get("acknowledged"),
+    )
+
+
+def _repr_args(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):  # already a repr (safe=True, or argsrepr)
+        return value
+    return repr(tuple(value)) if isinstance(value, list) else repr(value)
+
+
+def _count(value: Any) -> int | None:
+    return len(value) if isinstance(value, list) else None
+
+
+def build_worker(node: str, replies: Replies) -> WorkerInfo:
+    """One :class:`WorkerInfo` from the gathered replies of ``node``."""
+    stats = replies.get("stats", node) or {}
+    declared = replies.get("active_queues", node)
+    declared = declared if isinstance(declared, list) else []
+    active = replies.get("active", node)
+    reserved = replies.get("reserved", node)
+    scheduled = replies.get("scheduled", node)
+    report = replies.get("report", node)
+    pool = stats.get("pool") if isinstance(stats, Mapping) else None
+    pool = pool if isinstance(pool, Mapping) else {}
+    version = None
+    if isinstance(report, Mapping) and isinstance(report.get("ok"), str):
+        match = _CELERY_VERSION.search(report["ok"])
+        version = match.group(1) if match else None
+    tasks: list[HeldTask] = []
+    for item in active if isinstance(active, list) else []:
+        tasks.append(_held(item, node, "active", declared))
+    for item in reserved if isinstance(reserved, list) else []:
+        tasks.append(_held(item, node, "reserved", declared))
+    for item in scheduled if isinstance(scheduled, list) else []:
+        if isinstance(item, Mapping):
+            tasks.append(_held(item.get("request"), node, "scheduled", declared, eta=item.get("eta")))
+    uptime = stats.get("uptime") if isinstance(stats, Mapping) else None
+    return WorkerInfo(
+        hostname=node,
+        pid=stats.get("pid") if isinstance(stats, Mapping) else None,
+        pool=_pool_name(pool.get("implementation")),
+        concurrency=pool.get("max-concurrency") if isinstance(pool.get("max-concurrency"), int) else None,
+        prefetch_count=stats.get("prefetch_count") if isinstance(stats, Mapping) else None,
+        queues=tuple(sorted(str(q.get("name")) for q in declared)),
+        active=_count(active),
+        reserved=_count(reserved),
+        scheduled=_count(scheduled),
+        uptime=float(uptime) if isinstance(uptime, (int, float)) else None,
+        celery_version=version,
+        tasks=tuple(tasks),
+        partial=node in replies.missing,
+    )
+
+
+def collect_fleet(fleet: Fleet, broker: Broker, control_exchange: str = "celery") -> FleetView:
+    """Discover the workers, then ask them everything in a single round trip."""
+    discovery = discover(fleet, broker, control_exchange)
+    replies = fleet.gather(WORKER_COMMANDS, list(discovery.nodes))
+    workers = tuple(build_worker(node, replies) for node in discovery.nodes)
+    return FleetView(workers=workers, discovery=discovery, partial=tuple(replies.missing))
+
+
+# --------------------------------------------------------------------------------------------
+# queues
+def app_queue_names(app: Any) -> list[str]:
+    """Queues the app defines (``task_queues``, the default queue) or routes to (``task_routes``)."""
+    if app is None:
+        return []
+    names: set[str] = set()
+    conf = app.conf
+    try:
+        names.update(str(name) for name in app.amqp.queues)
+    except Exception:  # an app with an unusual queue setup still gets the rest
+        pass
+    if conf.task_default_queue:
+        names.add(str(conf.task_default_queue))
+    routes = conf.task_routes
+    for route_map in routes if isinstance(routes, (list, tuple)) else [routes]:
+        if isinstance(route_map, Mapping):
+            for route in route_map.values():
+                queue = (
+                    route.get("queue")
+                    if isinstance(route, Mapping)
+                    else route
+                    if isinstance(route, str)
+                    else None
+                )
+                queue_name = getattr(queue, "name", queue)
+                if isinstance(queue_name, str):
+                    names.add(queue_name)
+    return sorted(n for n in names if not is_internal_queue(n))
+
+
+def collect_queues(
+    broker: Broker,
+    fleet_view: FleetView | None,
+    app_queues: Iterable[str] = (),
+    only: Sequence[str] = (),
+) -> QueuesView:
+    """Every relevant queue with ready, unacked, ETA-held and consumer counts."""
+    listed: dict[str, set[str]] = {}
+    consumers_by_queue: dict[str, set[str]] = {}
+    for worker in fleet_view.workers if fleet_view else ():
+        for queue in worker.queues:
+            listed.setdefault(queue, set()).add("workers")
+            consumers_by_queue.setdefault(queue, set()).add(worker.hostname)
+    for queue in app_queues:
+        listed.setdefault(queue, set()).add("app")
+    for queue in broker.known_queues():
+        if not is_delayed_queue(queue):
+            listed.setdefault(queue, set()).add("broker")
+    names = sorted(n for n in listed if not is_internal_queue(n))
+    if only:
+        names = [n for n in names if n in only] + [n for n in only if n not in listed]
+    report = broker.queue_stats(names)
+    stats_by_name: dict[str, QueueStats] = {s.name: s for s in report.queues}
+
+    eta_from_workers: Counter[str] = Counter()
+    for task in fleet_view.held_tasks if fleet_view else ():
+        if task.state == "scheduled" and task.queue:
+            eta_from_workers[task.queue] += 1
+
+    rows = []
+    for name in names:
+        stats = stats_by_name.get(name, QueueStats(name=name, exists=False))
+        worker_consumers = tuple(sorted(consumers_by_queue.get(name, ())))
+        if stats.consumers is not None:
+            consumers, consumers_source = stats.consumers, "broker"
+        elif fleet_view is not None:
+            consumers, consumers_source = len(worker_consumers), "workers"
+        else:
+            consumers, consumers_source = None, None
+        eta_held = stats.unacked_eta
+        if eta_held is None and fleet_view is not None:
+            eta_held = eta_from_workers.get(name, 0)
+        rows.append(
+            QueueRow(
+                name=name,
+                ready=stats.ready,
+                unacked=stats.unacked,
+                eta_held=eta_held,
+                consumers=consumers,
+                consumers_source=consumers_source,
+                consumer_workers=worker_consumers,
+                queue_type=stats.queue_type,
+                exists=stats.exists,
+                listed_by=tuple(sorted(listed.get(name, {"argument"}))),
+                ready_by_priority=stats.ready_by_priority,
+            )
+        )
+    return QueuesView(tuple(rows), report.source, report.notes, report.delayed)
+
+
+# --------------------------------------------------------------------------------------------
+# scheduled
+def _hazards_for(
+    kind: str,
+    settings: BrokerSettings,
+    eta: datetime | None,
+    now: datetime,
+    delivered_at: datetime | None,
+) -> list[Hazard]:
+    if eta is None:
+        return []
+    hazards = []
+    if kind == "redis" and settings.visibility_timeout is not None:
+        since = delivered_at or now
+        redeliver_at = since + timedelta(seconds=settings.visibility_timeout)
+        if eta > redeliver_at:
+            hazards.append(
+                Hazard(
+                    "ETA_BEYOND_VISIBILITY_TIMEOUT",
+                    f"due {eta:%Y-%m-%d %H:%M:%S}Z, after the visibility timeout "
+                    f"({settings.visibility_timeout:g}s) redelivers it at {redeliver_at:%H:%M:%S}Z: "
+                    "it will run twice (or loop); raise visibility_timeout above the longest ETA",
+                )
+            )
+    if kind == "rabbitmq" and settings.consumer_timeout is not None:
+        held_for = (eta - (delivered_at or now)).total_seconds()
+        if held_for > settings.consumer_timeout:
+            hazards.append(
+                Hazard(
+                    "ETA_BEYOND_CONSUMER_TIMEOUT",
+                    f"held unacked for {held_for:.0f}s, longer than RabbitMQ's consumer_timeout "
+                    f"({settings.consumer_timeout:g}s, {settings.consumer_timeout_source or 'default'}): "
+                    "the channel will be closed and every message it holds redelivered",
+                )
+            )
+    return hazards
+
+
+def collect_scheduled(
+    broker: Broker,
+    fleet_view: FleetView,
+    now: datetime,
+    within: float | None = None,
+    unacked: Iterable[RawMessage] | None = None,
+    delayed: DelayedStore | None = None,
+) -> ScheduledView:
+    """ETA/countdown tasks held by workers, or orphaned in the broker, sorted by due time."""
+    settings = broker.settings()
+    if unacked is None:
+        unacked = broker.unacked_messages()
+    held_ids = {task.id for task in fleet_view.held_tasks if task.id}
+    delivered: dict[str, datetime] = {}
+    orphans: list[ScheduledEntry] = []
+    for raw in unacked:
+        headers = task_headers(raw.headers)
+        if headers.id and raw.delivered_at is not None:
+            delivered[headers.id] = datetime.fromtimestamp(raw.delivered_at, tz=timezone.utc)
+        if headers.eta is None or (headers.id in held_ids):
+            continue
+        since = delivered.get(headers.id or "")
+        hazards = _hazards_for(broker.kind, settings, headers.eta, now, since)
+        if settings.visibility_timeout is not None and since is not None:
+            back_at = since + timedelta(seconds=settings.visibility_timeout)
+            hazards.insert(
+                0,
+                Hazard(
+                    "ORPHANED_UNACKED",
+                    f"no live worker holds it (its worker died); back in the queue at {back_at:%Y-%m-%d %H:%M:%S}Z "
+                    "when the visibility timeout expires",
+                ),
+            )
+        orphans.append(
+            ScheduledEntry(
+                id=headers.id,
+                name=headers.name,
+                eta=headers.eta,
+                seconds_left=(headers.eta - now).total_seconds(),
+                location="broker-unacked",
+                worker=None,
+                queue=raw.queue,
+                args=shorten(headers.argsrepr),
+                kwargs=shorten(headers.kwargsrepr),
+                hazards=tuple(hazards),
+            )
+        )
+    entries = list(orphans)
+    for task in fleet_view.held_tasks:
+        if task.state != "scheduled":
+            continue
+        hazards = _hazards_for(broker.kind, settings, task.eta, now, delivered.get(task.id or ""))
+        entries.append(
+            ScheduledEntry(
+                id=task.id,
+                name=task.name,
+                eta=task.eta,
+                seconds_left=(task.eta - now).total_seconds() if task.eta else None,
+                location="worker",
+                worker=task.worker,
+                queue=task.queue,
+                args=shorten(task.args),
+                kwargs=shorten(task.kwargs),
+                hazards=tuple(hazards),
+            )
+        )
+    if within is not None:
+        entries = [e for e in entries if e.seconds_left is not None and e.seconds_left <= within]
+    far_future = datetime.max.replace(tzinfo=timezone.utc)
+    entries.sort(key=lambda e: (e.eta or far_future, e.id or ""))
+    notes = []
+    if delayed is not None and delayed.messages:
+        notes.append(
+            f"{delayed.messages} ETA message(s) wait in the broker's native delayed-delivery queues "
+            "(celery_delayed_*); RabbitMQ cannot list them without consuming them, so they are "
+            "counted, not listed"
+        )
+    return ScheduledView(tuple(entries), delayed, settings, tuple(notes))
+
+
+# --------------------------------------------------------------------------------------------
+# status
+def verdict(fleet_view: FleetView, queues: QueuesView, scheduled: ScheduledView) -> Verdict:
+    """Idle or busy, with the numbers."""
+    counts: Counter[str] = Counter()
+    for worker in fleet_view.workers:
+        counts["active"] += worker.active or 0
+        counts["reserved"] += worker.reserved or 0
+    counts["scheduled"] = len(scheduled.entries) + (
+        scheduled.delayed.messages or 0 if scheduled.delayed else 0
+    )
+    unknown = []
+    for queue in queues.queues:
+        counts["ready"] += queue.ready or 0
+        counts["unacked"] += queue.unacked or 0
+        if queue.unacked is None and queue.exists:
+            unknown.append(f"unacked in {queue.name}")
+    counts["workers"] = len(fleet_view.workers)
+    busy = any(counts[k] for k in ("active", "reserved", "scheduled", "ready", "unacked"))
+    parts = [f"{counts[k]} {k}" for k in ("active", "reserved", "scheduled", "ready", "unacked")]
+    summary = ("busy" if busy else "idle") + f": {counts['workers']} worker(s), " + ", ".join(parts)
+    if unknown:
+        summary += " (unknown: " + ", ".join(unknown) + ")"
+    return Verdict(busy=busy, summary=summary, counts=dict(counts), unknown=tuple(unknown))
+
+
+def collect_status(
+    broker: Broker,
+    fleet: Fleet,
+    now: datetime,
+    app_queues: Iterable[str] = (),
+    control_exchange: str = "celery",
+) -> StatusView:
+    """Everything a person wants to see before a release, in one pass."""
+    fleet_view = collect_fleet(fleet, broker, control_exchange)
+    queues = collect_queues(broker, fleet_view, app_queues)
+    scheduled = collect_scheduled(broker, fleet_view, now, delayed=queues.delayed)
+    hazards = [h for e in scheduled.entries for h in e.hazards]
+    if fleet_view.discovery.silent:
+        hazards.append(
+            Hazard(
+                "SILENT_MAILBOX",
+                "the broker lists mailboxes of workers that did not answer: "
+                + ", ".join(fleet_view.discovery.silent)
+                + " (stopped, hung, or stale entries)",
+            )
+        )
+    for queue in queues.queues:
+        if queue.exists and (queue.ready or 0) > 0 and queue.consumers == 0:
+            hazards.append(
+                Hazard(
+                    "NO_CONSUMER", f"queue {queue.name} has {queue.ready} ready message(s) and no consumer"
+                )
+            )
+    return StatusView(fleet_view, queues, scheduled, verdict(fleet_view, queues, scheduled), tuple(hazards))
+
+
+def require_workers(fleet_view: FleetView) -> None:
+    """Raise :class:`Unavailable` when no worker answered (for commands that need workers)."""
+    if not fleet_view.workers:
+        raise Unavailable("no worker answered")

@@ -1,0 +1,63 @@
+"""Reading task headers out of stored messages, without decoding (let alone unpickling) bodies.
+
+Protocol v2 keeps the task name, id, ETA, expiry and argument reprs in plain headers
+(celery-internals §2.1), so most questions about a waiting message need no body at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An ISO-8601 time from a header (naive times are UTC, as Celery writes them), else None."""
+    if not value or not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed
+
+
+@dataclass(frozen=True)
+class TaskHeaders:
+    """What a protocol-v2 header block says about a task message."""
+
+    id: str | None
+    name: str | None
+    eta: datetime | None
+    expires: datetime | None
+    argsrepr: str | None
+    kwargsrepr: str | None
+    retries: int | None
+
+
+def task_headers(headers: Mapping[str, Any]) -> TaskHeaders:
+    """Read the task fields of a v2 header block (missing fields are ``None``)."""
+    retries = headers.get("retries")
+    return TaskHeaders(
+        id=_str_or_none(headers.get("id")),
+        name=_str_or_none(headers.get("task")),
+        eta=parse_time(headers.get("eta")),
+        expires=parse_time(headers.get("expires")),
+        argsrepr=_str_or_none(headers.get("argsrepr")),
+        kwargsrepr=_str_or_none(headers.get("kwargsrepr")),
+        retries=retries if isinstance(retries, int) else None,
+    )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value != "undefined" else None
+
+
+def shorten(text: str | None, width: int = 60) -> str | None:
+    """``text`` cut to ``width`` characters with an ellipsis."""
+    if text is None or len(text) <= width:
+        return text
+    return text[: width - 1] + "…"
