@@ -1,0 +1,1 @@
+"""Checking messages that already wait against new code: decoding and binding."""
