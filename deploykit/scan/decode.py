@@ -138,10 +138,10 @@ def _decompress(data: bytes, content_type: str) -> bytes:
     return bytes(out)
 
 
-def _shape_from_repr(text: str | None, kind: str) -> Any:
+def _shape_from_repr(text: Any, kind: str) -> Any:
     """Positional count / keyword names from an ``argsrepr``/``kwargsrepr`` header, by syntax only."""
-    if text is None:
-        raise ValueError(f"no {kind}repr header")
+    if not isinstance(text, str):
+        raise ValueError(f"no usable {kind}repr header")
     try:
         node = ast.parse(text, mode="eval").body
     except (SyntaxError, ValueError, RecursionError, MemoryError):
