@@ -1,0 +1,133 @@
+"""Where waiting messages are read from, each as a stream of :class:`~deploykit.scan.engine.Item`.
+
+Everything here reads without consuming or reordering: Redis lists and the ``unacked`` hash
+through the broker interface, worker-held tasks through remote control (their arguments arrive
+already decoded), beat schedules from the app and from django-celery-beat's table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from deploykit.brokers.base import Broker, RawMessage
+from deploykit.scan.decode import DecodedMessage, TaskCall, Undecodable, _shape_from_repr, decode
+from deploykit.scan.engine import Item
+
+
+def item_from_raw(raw: RawMessage, location: str) -> Item:
+    return Item(location=location, headers=raw.headers, size=raw.size, decoded=decode(raw))
+
+
+def queue_items(broker: Broker, queues: Iterable[str], batch: int = 1000) -> Iterator[Item]:
+    """Every message waiting in ``queues`` (all priority sub-queues), next-to-run first."""
+    for queue in queues:
+        for raw in broker.iter_messages(queue, batch=batch):
+            yield item_from_raw(raw, f"queue:{queue}")
+
+
+def unacked_items(broker: Broker, seen_ids: set[str]) -> Iterator[Item]:
+    """Messages delivered to workers and not acknowledged (Redis: reserved and ETA tasks)."""
+    for raw in broker.unacked_messages():
+        task_id = raw.headers.get("id") if isinstance(raw.headers, Mapping) else None
+        if isinstance(task_id, str):
+            seen_ids.add(task_id)
+        yield item_from_raw(raw, f"unacked:{raw.queue or '?'}")
+
+
+def _call_from_request(request: Mapping[str, Any]) -> DecodedMessage | Undecodable:
+    task_id = request.get("id") if isinstance(request.get("id"), str) else None
+    name = request.get("type") or request.get("name")
+    if not isinstance(name, str):
+        return Undecodable(task_id, None, "worker reported a task without a name", None)
+    args, kwargs = request.get("args"), request.get("kwargs")
+    try:
+        if isinstance(args, str):
+            args = _shape_from_repr(args, "args")
+        if isinstance(kwargs, str):
+            kwargs = _shape_from_repr(kwargs, "kwargs")
+    except ValueError as exc:
+        return Undecodable(task_id, name, f"worker reported unparseable arguments: {exc}", None)
+    if not isinstance(args, (list, tuple)) or not isinstance(kwargs, Mapping):
+        return Undecodable(task_id, name, "worker reported malformed arguments", None)
+    return DecodedMessage(task_id, name, (TaskCall(name, tuple(args), dict(kwargs), source="worker"),), None)
+
+
+def worker_items(replies: Mapping[str, Mapping[str, Any]], skip_ids: set[str]) -> Iterator[Item]:
+    """Reserved and scheduled tasks from ``gather({'reserved', 'scheduled'})`` replies.
+
+    Tasks already read from the broker (Redis ``unacked``) are skipped so none is counted twice.
+    """
+    for command in ("reserved", "scheduled"):
+        for node, tasks in replies.get(command, {}).items():
+            for entry in tasks if isinstance(tasks, list) else []:
+                if not isinstance(entry, Mapping):
+                    continue
+                request = entry.get("request") if command == "scheduled" else entry
+                if not isinstance(request, Mapping) or request.get("id") in skip_ids:
+                    continue
+                headers = {
+                    "id": request.get("id"),
+                    "eta": entry.get("eta") if command == "scheduled" else None,
+                }
+                yield Item(f"worker:{node}", headers, None, _call_from_request(request))
+
+
+def beat_items(app: Any) -> Iterator[Item]:
+    """Entries of the app's ``beat_schedule``: each will be sent with these args at its next run."""
+    schedule = getattr(app.conf, "beat_schedule", None) or {}
+    for entry_name, entry in sorted(schedule.items()):
+        if not isinstance(entry, Mapping):
+            continue
+        yield _beat_item(f"beat:{entry_name}", entry.get("task"), entry.get("args"), entry.get("kwargs"))
+
+
+def _beat_item(location: str, task: Any, args: Any, kwargs: Any) -> Item:
+    if not isinstance(task, str):
+        return Item(location, {}, None, Undecodable(None, None, "beat entry without a task name", None))
+    args = () if args is None else args
+    kwargs = {} if kwargs is None else kwargs
+    if not isinstance(args, (list, tuple)) or not isinstance(kwargs, Mapping):
+        return Item(
+            location, {}, None, Undecodable(None, task, "beat entry with malformed args/kwargs", None)
+        )
+    return Item(
+        location, {}, None, DecodedMessage(None, task, (TaskCall(task, tuple(args), dict(kwargs)),), None)
+    )
+
+
+def django_beat_items() -> tuple[list[Item], str | None]:
+    """django-celery-beat ``PeriodicTask`` rows (args/kwargs are JSON text in the database).
+
+    Returns the items and a note; nothing when django-celery-beat is not installed or configured.
+    """
+    import json
+
+    try:
+        from django.apps import apps
+    except ImportError:
+        return [], None
+    if not apps.ready or not apps.is_installed("django_celery_beat"):
+        return [], None
+    try:
+        model = apps.get_model("django_celery_beat", "PeriodicTask")
+        rows = list(model.objects.filter(enabled=True).values_list("name", "task", "args", "kwargs"))
+    except Exception as exc:  # database down, migrations missing: say so, don't crash the scan
+        return [], f"django-celery-beat rows not read: {type(exc).__name__}: {exc}"
+    items = []
+    for name, task, args_text, kwargs_text in rows:
+        try:
+            args = json.loads(args_text or "[]")
+            kwargs = json.loads(kwargs_text or "{}")
+        except ValueError:
+            items.append(
+                Item(
+                    f"beat-db:{name}",
+                    {},
+                    None,
+                    Undecodable(None, task, "PeriodicTask args/kwargs are not valid JSON", None),
+                )
+            )
+            continue
+        items.append(_beat_item(f"beat-db:{name}", task, args, kwargs))
+    return items, f"{len(items)} django-celery-beat periodic task(s) checked"
