@@ -92,7 +92,8 @@ def test_status_workers_queues_scheduled_json(redis_url, busy_fleet):
     assert rows["emails"]["eta_held"] == 1
     assert rows["celery"]["eta_held"] == 4
     assert rows["celery"]["consumers"] == 2 and rows["celery"]["consumers_source"] == "workers"
-    assert rows["celery"]["unacked"] >= 4 + 1  # 4 ETA + at least the acks_late-free reserved ones
+    # The two running sleep tasks were acked when they started (acks_late off): only ETA ones remain.
+    assert rows["celery"]["unacked"] == 4
 
     scheduled = deploykit("scheduled", "--json", env=env)
     entries = json.loads(scheduled.stdout)["scheduled"]
@@ -160,8 +161,8 @@ def test_no_worker_online(redis_url):
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["status", "-b", "redis://:s3cret-pw@127.0.0.1:{port}/0"], 69, "cannot reach broker"),
-        (["queues", "-b", "amqp://guest:s3cret-pw@127.0.0.1:{port}//"], 69, "cannot reach broker"),
+        (["status", "-b", "redis://:s3cret-pw@127.0.0.1:{port}/0"], 69, "cannot reach"),
+        (["queues", "-b", "amqp://guest:s3cret-pw@127.0.0.1:{port}//"], 69, "cannot reach"),
         (["status", "-b", "nosuch://x"], 2, "unknown broker URL scheme"),
         (["status", "-b", "not a url"], 2, "invalid broker URL"),
         (["status", "-A", "tests.apps.does_not_exist"], 2, "cannot import app module"),
