@@ -158,6 +158,17 @@ class BeatEntry:
     schedule: str | None = None
     queue: str | None = None
 
+    def key(self) -> tuple[object, ...]:
+        """A hashable identity (the dataclass itself holds a dict)."""
+        return (
+            self.name,
+            self.task,
+            self.args,
+            tuple(sorted(self.kwargs.items())),
+            self.schedule,
+            self.queue,
+        )
+
 
 @dataclass(frozen=True)
 class Manifest:

@@ -1,0 +1,222 @@
+"""The use cases behind ``manifest diff``, ``check`` and ``manifest snapshot --check``.
+
+Each returns plain data (:class:`Report`, :class:`Staleness`); the CLI only renders and exits.
+``check`` builds one :class:`Report` from a list of findings so that other sources (the broker scan
+of ``check --broker``) can add theirs to the same report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deploykit.errors import UsageError
+from deploykit.manifest import model
+from deploykit.manifest.diff import diff
+from deploykit.manifest.rules import Finding, Level
+from deploykit.manifest.suppress import IgnoreEntry, apply_suppressions
+
+FAIL_ON = ("error", "warning", "info", "never")
+REPORT_SCHEMA = "deploykit.findings/1"
+
+
+def fail_threshold(fail_on: str) -> int | None:
+    """The lowest level rank that fails (``None`` for ``never``)."""
+    value = fail_on.strip().lower()
+    if value not in FAIL_ON:
+        raise UsageError(f"invalid --fail-on {fail_on!r}: use one of {', '.join(FAIL_ON)}")
+    return None if value == "never" else Level(value).rank
+
+
+@dataclass(frozen=True)
+class Report:
+    """Findings of one comparison, plus what was compared."""
+
+    command: str
+    old: str
+    new: str
+    findings: tuple[Finding, ...]
+    fail_on: str = "error"
+    #: Tasks in the old and the new side (for the summary line).
+    tasks_old: int = 0
+    tasks_new: int = 0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def counts(self) -> dict[str, int]:
+        counts = {"error": 0, "warning": 0, "info": 0, "suppressed": 0}
+        for item in self.findings:
+            counts["suppressed" if item.suppressed else item.level.value] += 1
+        return counts
+
+    @property
+    def failing(self) -> tuple[Finding, ...]:
+        """The unsuppressed findings at or above ``fail_on``."""
+        threshold = fail_threshold(self.fail_on)
+        if threshold is None:
+            return ()
+        return tuple(f for f in self.findings if not f.suppressed and f.level.rank >= threshold)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.failing)
+
+    def document(self) -> dict[str, Any]:
+        """The ``--json`` document (schema ``deploykit.findings/1``)."""
+        return {
+            "schema": REPORT_SCHEMA,
+            "command": self.command,
+            "old": self.old,
+            "new": self.new,
+            "tasks": {"old": self.tasks_old, "new": self.tasks_new},
+            "fail_on": self.fail_on,
+            "failed": self.failed,
+            "counts": self.counts(),
+            "notes": list(self.notes),
+            "findings": [
+                {
+                    "rule": f.rule,
+                    "level": f.level.value,
+                    "task": f.task,
+                    "parameter": f.parameter,
+                    "beat_entry": f.beat_entry,
+                    "message": f.message,
+                    "hint": f.hint,
+                    "file": f.file,
+                    "line": f.line,
+                    "suppressed": f.suppressed,
+                    "suppressed_by": f.suppressed_by,
+                }
+                for f in self.findings
+            ],
+        }
+
+
+def compare(
+    old: model.Manifest,
+    new: model.Manifest,
+    *,
+    command: str,
+    old_label: str,
+    new_label: str,
+    ignore: Sequence[IgnoreEntry] = (),
+    fail_on: str = "error",
+    extra: Iterable[Finding] = (),
+) -> Report:
+    """Diff two manifests, apply suppressions, and wrap the result."""
+    fail_threshold(fail_on)
+    findings = apply_suppressions([*diff(old, new), *extra], old, new, ignore)
+    notes = []
+    if old.generator and new.generator and dict(old.generator) != dict(new.generator):
+        before = ", ".join(f"{k} {v}" for k, v in sorted(old.generator.items()))
+        after = ", ".join(f"{k} {v}" for k, v in sorted(new.generator.items()))
+        notes.append(f"made with {before}; compared with {after}")
+    return Report(
+        command=command,
+        old=old_label,
+        new=new_label,
+        findings=tuple(findings),
+        fail_on=fail_on.strip().lower(),
+        tasks_old=len(old.tasks),
+        tasks_new=len(new.tasks),
+        notes=tuple(notes),
+    )
+
+
+def diff_files(
+    old_path: Path, new_path: Path, *, ignore: Sequence[IgnoreEntry] = (), fail_on: str = "error"
+) -> Report:
+    """``deploykit manifest diff OLD NEW``."""
+    old = model.read(old_path)
+    new = model.read(new_path)
+    return compare(
+        old,
+        new,
+        command="diff",
+        old_label=str(old_path),
+        new_label=str(new_path),
+        ignore=ignore,
+        fail_on=fail_on,
+    )
+
+
+def check_code(
+    manifest_path: Path,
+    app_spec: str | None,
+    root: Path,
+    *,
+    ignore: Sequence[IgnoreEntry] = (),
+    fail_on: str = "error",
+    app: Any = None,
+) -> Report:
+    """``deploykit check``: the committed manifest against the live code."""
+    from deploykit.manifest.collect import snapshot
+
+    fail_threshold(fail_on)
+    old = model.read(manifest_path)  # read first: a missing manifest should not cost an import
+    new = snapshot(app_spec, root, app=app)
+    return compare(
+        old,
+        new,
+        command="check",
+        old_label=str(manifest_path),
+        new_label=f"code ({app_spec})" if app_spec else "code",
+        ignore=ignore,
+        fail_on=fail_on,
+    )
+
+
+@dataclass(frozen=True)
+class Staleness:
+    """``manifest snapshot --check``: does the committed file still describe the code?"""
+
+    path: str
+    exists: bool
+    stale: bool
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    beat_changed: bool = False
+    #: The file describes the code but was written differently (other versions, formatting).
+    reformatted: bool = False
+
+    def describe(self) -> str:
+        if not self.exists:
+            return f"{self.path} does not exist: run `deploykit manifest snapshot` and commit it"
+        if not self.stale:
+            return f"{self.path} is up to date"
+        parts = []
+        for label, names in (("added", self.added), ("removed", self.removed), ("changed", self.changed)):
+            if names:
+                shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+                parts.append(f"{label}: {shown}")
+        if self.beat_changed:
+            parts.append("beat schedule changed")
+        return f"{self.path} is stale ({'; '.join(parts)}): run `deploykit manifest snapshot` and commit it"
+
+
+def staleness(path: Path, current: model.Manifest) -> Staleness:
+    """Compare the file at ``path`` with ``current`` (the library versions that wrote it do not count)."""
+    if not path.exists():
+        return Staleness(path=str(path), exists=False, stale=True)
+    committed = model.read(path)
+    if committed.content_equal(current):
+        text = path.read_bytes()
+        return Staleness(
+            path=str(path), exists=True, stale=False, reformatted=text != model.dumps(committed).encode()
+        )
+    added = tuple(sorted(set(current.tasks) - set(committed.tasks)))
+    removed = tuple(sorted(set(committed.tasks) - set(current.tasks)))
+    changed = tuple(
+        sorted(n for n in set(current.tasks) & set(committed.tasks) if current.tasks[n] != committed.tasks[n])
+    )
+    return Staleness(
+        path=str(path),
+        exists=True,
+        stale=True,
+        added=added,
+        removed=removed,
+        changed=changed,
+        beat_changed={e.key() for e in committed.beat} != {e.key() for e in current.beat},
+    )

@@ -1,0 +1,109 @@
+"""The rule catalogue and the typed :class:`Finding` the diff produces.
+
+Every rule has a stable ID (used in ``--json``, suppressions and CI annotations), a default level
+and a one-line summary. Rules reason about both directions of a rolling deploy
+(shared/docs/prior-art.md §2.6): *old messages reaching new workers* (queued, ETA, retries, beat)
+and *new producers reaching old workers* while the fleet is mixed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import Enum
+
+
+class Level(str, Enum):
+    """How bad a finding is; ``--fail-on`` compares against these."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        return {"error": 3, "warning": 2, "info": 1}[self.value]
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    level: Level
+    summary: str
+
+
+_CATALOGUE = (
+    Rule("TASK_REMOVED", Level.ERROR, "A task name disappeared: its queued messages are discarded."),
+    Rule("TASK_RENAMED", Level.ERROR, "The same function is registered under a new name."),
+    Rule("TASK_ADDED", Level.INFO, "A new task: old workers discard it until they are upgraded."),
+    Rule("PARAM_ADDED_REQUIRED", Level.ERROR, "A parameter without a default was added."),
+    Rule("PARAM_ADDED_OPTIONAL", Level.WARNING, "A parameter with a default was added."),
+    Rule("PARAM_REMOVED", Level.ERROR, "A parameter was removed and nothing absorbs it."),
+    Rule("PARAM_RENAMED", Level.ERROR, "A parameter was renamed."),
+    Rule("PARAM_MOVED", Level.ERROR, "A positional parameter changed position."),
+    Rule("PARAM_BECAME_REQUIRED", Level.ERROR, "A parameter lost its default."),
+    Rule("PARAM_KIND_CHANGED", Level.ERROR, "A parameter changed kind incompatibly."),
+    Rule("PARAM_DEFAULT_CHANGED", Level.WARNING, "A parameter's default value changed."),
+    Rule("VARARGS_REMOVED", Level.ERROR, "*args was removed."),
+    Rule("VARKW_REMOVED", Level.ERROR, "**kwargs was removed."),
+    Rule("ANNOTATION_CHANGED", Level.INFO, "A parameter's type annotation changed."),
+    Rule("ROUTE_CHANGED", Level.WARNING, "The task routes to a different queue."),
+    Rule("SERIALIZER_CHANGED", Level.WARNING, "The task's serializer changed."),
+    Rule("OPTION_CHANGED", Level.INFO, "A deploy-relevant task option changed."),
+    Rule("BEAT_TASK_MISSING", Level.ERROR, "A beat entry names a task that is not registered."),
+    Rule("BEAT_ARGS_UNBOUND", Level.ERROR, "A beat entry's args/kwargs do not bind to the signature."),
+)
+
+#: Rule ID -> rule, in catalogue order.
+RULES: dict[str, Rule] = {rule.id: rule for rule in _CATALOGUE}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One change and what it breaks. ``file``/``line`` point into the new code when possible."""
+
+    rule: str
+    level: Level
+    task: str
+    message: str
+    hint: str
+    file: str | None = None
+    line: int | None = None
+    parameter: str | None = None
+    beat_entry: str | None = None
+    suppressed: bool = False
+    #: ``"inline"`` or the ``[tool.deploykit] ignore`` entry that matched.
+    suppressed_by: str | None = None
+
+    @property
+    def location(self) -> str | None:
+        if self.file is None:
+            return None
+        return f"{self.file}:{self.line}" if self.line else self.file
+
+    def suppress(self, by: str) -> Finding:
+        return replace(self, suppressed=True, suppressed_by=by)
+
+
+def finding(
+    rule_id: str,
+    task: str,
+    message: str,
+    hint: str,
+    *,
+    file: str | None = None,
+    line: int | None = None,
+    parameter: str | None = None,
+    beat_entry: str | None = None,
+) -> Finding:
+    """A finding at its rule's default level."""
+    return Finding(
+        rule=rule_id,
+        level=RULES[rule_id].level,
+        task=task,
+        message=message,
+        hint=hint,
+        file=file,
+        line=line,
+        parameter=parameter,
+        beat_entry=beat_entry,
+    )
