@@ -52,3 +52,4 @@ from deploykit.cli import inspect as _inspect  # noqa: E402,F401  (registers com
 def main() -> None:
     """Console-script entry point."""
     app()
+from deploykit.cli import orchestrate as _orchestrate  # noqa: E402,F401

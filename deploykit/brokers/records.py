@@ -1,0 +1,371 @@
+"""The record of what deploykit changed on the fleet: which consumer it cancelled on which worker.
+
+``drain`` writes an entry *before* each ``cancel_consumer``; ``resume`` (possibly from another
+machine, or a later CI step) re-adds exactly those consumers and deletes the entries. The record
+lives in the broker, the one place every deploy step can reach:
+
+* Redis: one hash ``deploykit:consumers:<control exchange>`` in the broker's database, field
+  ``<worker>\\x00<queue>`` -> JSON entry. Every write renews the key's TTL (7 days by default):
+  a forgotten drain does not linger forever, and a week covers any release pipeline.
+* RabbitMQ: a management-API *global parameter* ``deploykit-consumers.<vhost>.<exchange>`` whose
+  JSON value holds the entries and an ``expires_at`` time (RabbitMQ parameters have no TTL; an
+  expired value reads as empty and is deleted). Global parameters survive broker restarts, need no
+  queue and no consumer, and are read without side effects — unlike a message in a queue, which
+  RabbitMQ cannot peek (celery-internals §0.6). They need the ``administrator`` tag.
+* Other brokers: a JSON file under ``$XDG_STATE_HOME/deploykit/`` (local to this machine only).
+
+Writes are read-modify-write: deploy steps run one after another, not concurrently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+from deploykit.errors import Unavailable, UsageError
+
+#: How long a record is kept after its last change.
+DEFAULT_TTL = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class ConsumerRecord:
+    """One consumer deploykit cancelled: enough to put it back exactly as it was."""
+
+    worker: str
+    queue: str
+    #: The queue as the worker's ``active_queues`` reported it (``kombu.Queue.as_dict()``).
+    spec: Mapping[str, Any] = field(default_factory=dict)
+    #: The drain that cancelled it.
+    drain_id: str = ""
+    #: Unix time of the change.
+    recorded_at: float = 0.0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.worker, self.queue)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "spec": dict(self.spec)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ConsumerRecord:
+        return cls(
+            worker=str(data["worker"]),
+            queue=str(data["queue"]),
+            spec=dict(data.get("spec") or {}),
+            drain_id=str(data.get("drain_id") or ""),
+            recorded_at=float(data.get("recorded_at") or 0.0),
+        )
+
+
+class RecordStore(ABC):
+    """Where the record lives."""
+
+    #: ``redis``, ``rabbitmq``, ``file`` or ``memory``.
+    kind: str = "memory"
+    #: Where, for humans (no secrets).
+    location: str = ""
+
+    @abstractmethod
+    def load(self) -> list[ConsumerRecord]:
+        """Every entry not yet expired."""
+
+    @abstractmethod
+    def add(self, records: Sequence[ConsumerRecord]) -> None:
+        """Add or replace entries (by worker and queue)."""
+
+    @abstractmethod
+    def remove(self, records: Sequence[ConsumerRecord]) -> None:
+        """Delete entries (by worker and queue); missing ones are ignored."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+class MemoryRecordStore(RecordStore):
+    """A record in memory, for tests (and for the ``--no-record`` escape hatch)."""
+
+    kind = "memory"
+    location = "memory"
+
+    def __init__(self, records: Sequence[ConsumerRecord] = ()) -> None:
+        self.entries: dict[tuple[str, str], ConsumerRecord] = {r.key: r for r in records}
+        self.log: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+
+    def load(self) -> list[ConsumerRecord]:
+        return sorted(self.entries.values(), key=lambda r: r.key)
+
+    def add(self, records: Sequence[ConsumerRecord]) -> None:
+        self.log.append(("add", tuple(r.key for r in records)))
+        for record in records:
+            self.entries[record.key] = record
+
+    def remove(self, records: Sequence[ConsumerRecord]) -> None:
+        self.log.append(("remove", tuple(r.key for r in records)))
+        for record in records:
+            self.entries.pop(record.key, None)
+
+
+def _field(record: ConsumerRecord) -> str:
+    return f"{record.worker}\x00{record.queue}"
+
+
+class RedisRecordStore(RecordStore):
+    """A hash in the broker's Redis database, with a TTL renewed on every write."""
+
+    kind = "redis"
+
+    def __init__(self, client: Any, key: str, *, ttl: float = DEFAULT_TTL, location: str = "") -> None:
+        self._client = client
+        self._key = key
+        self._ttl = int(ttl)
+        self.location = location or f"redis key {key}"
+
+    @classmethod
+    def from_url(
+        cls, url: str, key: str, *, ttl: float = DEFAULT_TTL, timeout: float = 5.0
+    ) -> RedisRecordStore:
+        import redis
+
+        first = url.split(";")[0].strip()
+        if first.startswith("redis+socket://"):
+            first = "unix://" + first[len("redis+socket://") :]
+        try:
+            client = redis.Redis.from_url(first, socket_timeout=max(timeout, 2.0), socket_connect_timeout=5)
+        except ValueError as exc:
+            raise UsageError(f"cannot use this broker URL for the deploykit record: {exc}") from None
+        return cls(client, key, ttl=ttl, location=f"redis key {key!r}")
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        import redis
+
+        try:
+            return fn()
+        except redis.RedisError as exc:
+            raise Unavailable(f"cannot reach the deploykit record ({self.location}): {exc}") from None
+
+    def load(self) -> list[ConsumerRecord]:
+        raw = self._call(lambda: self._client.hgetall(self._key))
+        records = []
+        for value in raw.values():
+            try:
+                records.append(ConsumerRecord.from_json(json.loads(value)))
+            except (ValueError, KeyError, TypeError):
+                continue  # an entry we cannot read is not ours to guess at
+        return sorted(records, key=lambda r: r.key)
+
+    def add(self, records: Sequence[ConsumerRecord]) -> None:
+        if not records:
+            return
+
+        def write() -> None:
+            pipe = self._client.pipeline()
+            for record in records:
+                pipe.hset(self._key, _field(record), json.dumps(record.to_json()))
+            pipe.expire(self._key, self._ttl)
+            pipe.execute()
+
+        self._call(write)
+
+    def remove(self, records: Sequence[ConsumerRecord]) -> None:
+        if records:
+            self._call(lambda: self._client.hdel(self._key, *[_field(r) for r in records]))
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except Exception:
+            pass
+
+
+class RabbitMQRecordStore(RecordStore):
+    """A management-API global parameter holding the entries and an expiry time."""
+
+    kind = "rabbitmq"
+
+    def __init__(
+        self,
+        client: Any,
+        name: str,
+        *,
+        ttl: float = DEFAULT_TTL,
+        now: Callable[[], float] = time.time,
+        location: str = "",
+    ) -> None:
+        self._client = client
+        self._name = name
+        self._ttl = ttl
+        self._now = now
+        self.location = location or f"RabbitMQ global parameter {name!r}"
+
+    @classmethod
+    def from_urls(
+        cls,
+        broker_url: str,
+        management_url: str,
+        exchange: str,
+        *,
+        ttl: float = DEFAULT_TTL,
+        timeout: float = 5.0,
+    ) -> RabbitMQRecordStore:
+        import httpx
+
+        parts = urlsplit(broker_url.split(";")[0].strip())
+        vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+        mgmt = urlsplit(management_url)
+        auth = (unquote(mgmt.username or "guest"), unquote(mgmt.password or "guest"))
+        host = mgmt.hostname or "localhost"
+        base = f"{mgmt.scheme}://{host}:{mgmt.port or 15672}{mgmt.path.rstrip('/')}"
+        client = httpx.Client(base_url=base, auth=auth, timeout=max(timeout, 5.0))
+        name = f"deploykit-consumers.{vhost}.{exchange}"
+        return cls(client, name, ttl=ttl, location=f"RabbitMQ global parameter {name!r} at {base}")
+
+    def _path(self) -> str:
+        return f"/api/global-parameters/{quote(self._name, safe='')}"
+
+    def _request(self, method: str, **kwargs: Any) -> Any:
+        import httpx
+
+        try:
+            response = self._client.request(method, self._path(), **kwargs)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"cannot reach the deploykit record ({self.location}): {exc}") from None
+        if response.status_code in (401, 403):
+            raise Unavailable(
+                f"the RabbitMQ management API refused access to the deploykit record ({self.location}): "
+                "the user needs the 'administrator' tag to keep global parameters"
+            )
+        if response.status_code == 404 and method == "GET":
+            return None
+        if response.status_code >= 400 and not (response.status_code == 404 and method == "DELETE"):
+            raise Unavailable(f"deploykit record ({self.location}): HTTP {response.status_code}")
+        return response
+
+    def _read(self) -> dict[tuple[str, str], ConsumerRecord]:
+        response = self._request("GET")
+        if response is None:
+            return {}
+        try:
+            value = response.json().get("value") or {}
+        except ValueError:
+            return {}
+        if not isinstance(value, Mapping) or float(value.get("expires_at") or 0) < self._now():
+            return {}
+        records: dict[tuple[str, str], ConsumerRecord] = {}
+        for entry in value.get("entries") or []:
+            try:
+                record = ConsumerRecord.from_json(entry)
+            except (KeyError, TypeError, ValueError):
+                continue
+            records[record.key] = record
+        return records
+
+    def _write(self, records: Mapping[tuple[str, str], ConsumerRecord]) -> None:
+        if not records:
+            self._request("DELETE")
+            return
+        value = {
+            "expires_at": self._now() + self._ttl,
+            "entries": [r.to_json() for r in sorted(records.values(), key=lambda r: r.key)],
+        }
+        self._request("PUT", json={"name": self._name, "value": value})
+
+    def load(self) -> list[ConsumerRecord]:
+        return sorted(self._read().values(), key=lambda r: r.key)
+
+    def add(self, records: Sequence[ConsumerRecord]) -> None:
+        if records:
+            current = self._read()
+            current.update({r.key: r for r in records})
+            self._write(current)
+
+    def remove(self, records: Sequence[ConsumerRecord]) -> None:
+        if records:
+            current = self._read()
+            for record in records:
+                current.pop(record.key, None)
+            self._write(current)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class FileRecordStore(RecordStore):
+    """A JSON file: for brokers with no place to keep it (visible on this machine only)."""
+
+    kind = "file"
+
+    def __init__(self, path: Path, *, ttl: float = DEFAULT_TTL, now: Callable[[], float] = time.time) -> None:
+        self._path = path
+        self._ttl = ttl
+        self._now = now
+        self.location = f"file {path} (this machine only)"
+
+    def _read(self) -> dict[tuple[str, str], ConsumerRecord]:
+        try:
+            data = json.loads(self._path.read_text())
+        except (OSError, ValueError):
+            return {}
+        if float(data.get("expires_at") or 0) < self._now():
+            return {}
+        records = {}
+        for entry in data.get("entries") or []:
+            record = ConsumerRecord.from_json(entry)
+            records[record.key] = record
+        return records
+
+    def _write(self, records: Mapping[tuple[str, str], ConsumerRecord]) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"expires_at": self._now() + self._ttl, "entries": [r.to_json() for r in records.values()]}
+        tmp = self._path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self._path)
+
+    def load(self) -> list[ConsumerRecord]:
+        return sorted(self._read().values(), key=lambda r: r.key)
+
+    def add(self, records: Sequence[ConsumerRecord]) -> None:
+        current = self._read()
+        current.update({r.key: r for r in records})
+        self._write(current)
+
+    def remove(self, records: Sequence[ConsumerRecord]) -> None:
+        current = self._read()
+        for record in records:
+            current.pop(record.key, None)
+        self._write(current)
+
+
+def open_record_store(
+    broker_url: str,
+    *,
+    management_url: str | None,
+    control_exchange: str = "celery",
+    ttl: float = DEFAULT_TTL,
+    timeout: float = 5.0,
+) -> RecordStore:
+    """The record store that fits the broker (no network traffic until it is used)."""
+    scheme = broker_url.split(";")[0].strip().partition("://")[0].lower()
+    if scheme in {"redis", "rediss", "redis+socket"}:
+        return RedisRecordStore.from_url(
+            broker_url, f"deploykit:consumers:{control_exchange}", ttl=ttl, timeout=timeout
+        )
+    if scheme in {"amqp", "amqps", "pyamqp"}:
+        if not management_url:
+            raise UsageError(
+                "the deploykit record on RabbitMQ needs the management API: pass --management-url"
+            )
+        return RabbitMQRecordStore.from_urls(
+            broker_url, management_url, control_exchange, ttl=ttl, timeout=timeout
+        )
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    safe = quote(broker_url.split("@")[-1], safe="")[:120]
+    return FileRecordStore(state / "deploykit" / f"consumers-{safe}-{control_exchange}.json", ttl=ttl)

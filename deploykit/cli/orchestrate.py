@@ -1,0 +1,380 @@
+"""Fleet-changing commands: ``drain``, ``resume``, ``shutdown``, ``restart``.
+
+Thin: parse options, open a session, run one orchestration machine, render its result, exit with
+its code. Ctrl-C and SIGTERM become ``KeyboardInterrupt`` once (the machine then undoes what it
+did); further signals are ignored until the undo finished, so the undo cannot itself be cut short.
+
+``--timeout`` on these commands is the overall deadline (``drain --timeout 10m``); the time to wait
+for worker replies is the root option: ``deploykit --timeout 2s drain …``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+from dataclasses import asdict, is_dataclass
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+import typer
+
+from deploykit.cli import app
+from deploykit.cli.common import (
+    AppOpt,
+    BrokerOpt,
+    JsonOpt,
+    ManagementOpt,
+    emit_json,
+    handle_errors,
+    merged_flags,
+    warn,
+)
+from deploykit.config import parse_duration
+from deploykit.errors import UsageError
+
+SCHEMA_VERSION = 1
+
+WorkerOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--worker",
+        "-w",
+        metavar="PATTERN",
+        help="Only workers whose node name matches this glob (repeatable): 'w1@*', '*@web-3', 'w1'. "
+        "Default: every worker.",
+    ),
+]
+QueueOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--queue", "-Q", metavar="QUEUE", help="Only this queue (repeatable). Default: all it consumes."
+    ),
+]
+DeadlineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--timeout",
+        metavar="DURATION",
+        help="Give up after this long: 90, 30s, 10m, 1h (default: wait forever for drain, 60s for shutdown).",
+        show_default=False,
+    ),
+]
+MinConsumersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--min-consumers",
+        metavar="N",
+        min=1,
+        help="Refuse (exit 4, nothing changed) if a queue would be left with fewer than N consumers.",
+    ),
+]
+RecordTtlOpt = Annotated[
+    str,
+    typer.Option(
+        "--record-ttl", metavar="DURATION", help="Keep the record of cancelled consumers this long."
+    ),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No live progress on stderr.")]
+
+
+# -- plumbing ---------------------------------------------------------------------------------
+class _Signals:
+    """SIGINT/SIGTERM raise KeyboardInterrupt once; later ones are ignored while we clean up."""
+
+    def __init__(self) -> None:
+        self.fired = False
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if self.fired:
+            warn("still putting things back, please wait")
+            return
+        self.fired = True
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[_Signals]:
+    signals = _Signals()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, signals.handler)
+    try:
+        yield signals
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _duration(value: str | None, what: str) -> float | None:
+    if value is None or value.strip().lower() in {"", "0", "none", "forever"}:
+        return None
+    return parse_duration(value, what=what)
+
+
+def _records(session: Any, ttl: str) -> Any:
+    from deploykit.brokers.records import open_record_store
+
+    settings = session.settings
+    assert settings.broker_url is not None
+    return open_record_store(
+        settings.broker_url,
+        management_url=settings.management_url,
+        control_exchange=session.control_exchange,
+        ttl=parse_duration(ttl, what="--record-ttl"),
+        timeout=settings.timeout,
+    )
+
+
+def _progress(quiet: bool) -> Any:
+    from deploykit.output.progress import ProgressDisplay
+
+    return ProgressDisplay(enabled=not quiet)
+
+
+def _plain(value: Any) -> Any:
+    return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
+
+
+def _emit(kind: str, session: Any, result: Any, extra: dict[str, Any] | None = None) -> None:
+    emit_json(
+        {
+            "schema": f"deploykit.{kind}/{SCHEMA_VERSION}",
+            "broker": session.settings.masked_broker_url,
+            "generated_at": datetime.now(timezone.utc),
+            **_plain(result),
+            **(extra or {}),
+        }
+    )
+
+
+def _say(line: str) -> None:
+    from deploykit.cli.common import _redactor
+
+    typer.echo(_redactor(line))
+
+
+def _finish(result: Any) -> None:
+    if result.exit_code:
+        from deploykit.cli.common import error
+
+        error(result.message)
+        raise typer.Exit(int(result.exit_code))
+
+
+# -- drain ------------------------------------------------------------------------------------
+@app.command()
+def drain(
+    ctx: typer.Context,
+    worker: WorkerOpt = None,
+    queue: QueueOpt = None,
+    timeout: DeadlineOpt = None,
+    min_consumers: MinConsumersOpt = None,
+    wait_eta: Annotated[
+        bool, typer.Option("--wait-eta", help="Also wait for held ETA tasks that are due before the timeout.")
+    ] = False,
+    until_empty: Annotated[
+        bool,
+        typer.Option(
+            "--until-empty",
+            help="Cancel nothing: wait until the queues are empty (ready + unacked + held by workers).",
+        ),
+    ] = False,
+    incompatible_with: Annotated[
+        str | None,
+        typer.Option(
+            "--incompatible-with",
+            metavar="MANIFEST",
+            help="(not implemented yet) narrow --until-empty to messages the new release cannot run.",
+        ),
+    ] = None,
+    rollback_on_timeout: Annotated[
+        bool,
+        typer.Option(
+            "--rollback-on-timeout", help="On timeout, re-add the consumers instead of staying quiet."
+        ),
+    ] = False,
+    record_ttl: RecordTtlOpt = "7d",
+    quiet: QuietOpt = False,
+    app_: AppOpt = None,
+    broker: BrokerOpt = None,
+    management_url: ManagementOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Stop intake (cancel consumers), then wait until the workers hold no active or reserved task.
+
+    Every cancelled consumer is recorded in the broker first, so `deploykit resume` undoes exactly
+    this drain, from any machine. Ctrl-C/SIGTERM re-adds them and exits 130.
+
+    Exit codes: 0 drained, 1 a worker failed (did not confirm the cancel, or vanished), 3 timed out
+    (the workers stay quiet unless --rollback-on-timeout), 4 refused by --min-consumers (nothing
+    changed), 69 no selected worker answers, 130 interrupted.
+    """
+    from deploykit.cli.inspect import open_session
+    from deploykit.orchestrate.common import Timing
+    from deploykit.orchestrate.drain import DrainMachine, DrainOptions
+
+    with handle_errors():
+        if incompatible_with is not None:
+            raise UsageError("--incompatible-with is not implemented yet; use --until-empty")
+        if until_empty and (min_consumers or rollback_on_timeout):
+            raise UsageError(
+                "--until-empty cancels nothing: --min-consumers/--rollback-on-timeout do not apply"
+            )
+        options_timeout = _duration(timeout, "--timeout")
+        flags = merged_flags(ctx, app_, broker, management_url, None)
+        with open_session(flags) as session:
+            records = _records(session, record_ttl)
+            display = _progress(quiet)
+            try:
+                options = DrainOptions(
+                    workers=tuple(worker or ()),
+                    queues=tuple(queue or ()),
+                    timeout=options_timeout,
+                    min_consumers=min_consumers,
+                    wait_eta=wait_eta,
+                    until_empty=until_empty,
+                    rollback_on_timeout=rollback_on_timeout,
+                    control_exchange=session.control_exchange,
+                )
+                machine = DrainMachine(
+                    session.fleet, session.broker, records, options, timing=Timing(), progress=display
+                )
+                with interruptible():
+                    result = machine.run()
+            finally:
+                display.finish()
+                records.close()
+        if json_:
+            _emit("drain", session, result, {"record": records.location})
+        else:
+            _render_drain(result)
+        _finish(result)
+
+
+def _render_drain(result: Any) -> None:
+    _say(f"{result.status}: {result.message}")
+    if result.cancelled:
+        _say("cancelled consumers: " + ", ".join(f"{c.queue}@{c.worker}" for c in result.cancelled))
+    if result.rolled_back:
+        _say("rolled back: the consumers above were re-added")
+    for ref in result.not_restored:
+        _say(f"NOT re-added (kept in the record, run `deploykit resume`): {ref.queue}@{ref.worker}")
+    if result.lost_workers:
+        _say("lost workers: " + ", ".join(result.lost_workers))
+    if result.held_eta:
+        _say(f"{len(result.held_eta)} ETA task(s) held by the drained workers:")
+        for task in result.held_eta[:20]:
+            eta = task.eta.isoformat() if task.eta else "?"
+            _say(f"  {task.id}  {task.name}  eta {eta}  on {task.worker}")
+        if len(result.held_eta) > 20:
+            _say(f"  … and {len(result.held_eta) - 20} more (see --json)")
+        _say(result.eta_fate)
+    for note in result.notes:
+        _say(f"note: {note}")
+
+
+# -- resume -----------------------------------------------------------------------------------
+@app.command()
+def resume(
+    ctx: typer.Context,
+    worker: WorkerOpt = None,
+    forget_missing: Annotated[
+        bool,
+        typer.Option(
+            "--forget-missing",
+            help="Drop record entries of workers that do not answer (restarted or gone: they consume anew).",
+        ),
+    ] = False,
+    record_ttl: RecordTtlOpt = "7d",
+    app_: AppOpt = None,
+    broker: BrokerOpt = None,
+    management_url: ManagementOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Re-add exactly the consumers `drain` cancelled (as recorded in the broker), then clear the record.
+
+    Exit codes: 0 resumed (or nothing to do), 69 some workers did not answer (their entries are kept).
+    """
+    from deploykit.cli.inspect import open_session
+    from deploykit.orchestrate.resume import resume as run_resume
+
+    with handle_errors():
+        flags = merged_flags(ctx, app_, broker, management_url, None)
+        with open_session(flags) as session:
+            records = _records(session, record_ttl)
+            try:
+                with interruptible():
+                    result = run_resume(
+                        session.fleet, records, tuple(worker or ()), forget_missing=forget_missing
+                    )
+            finally:
+                records.close()
+        if json_:
+            _emit("resume", session, result)
+        else:
+            _say(f"{result.status}: {result.message}")
+            for ref in result.restored:
+                _say(f"  re-added {ref.queue}@{ref.worker}")
+            for ref in result.not_restored:
+                _say(f"  kept in the record: {ref.queue}@{ref.worker}")
+        _finish(result)
+
+
+# -- shutdown ---------------------------------------------------------------------------------
+@app.command()
+def shutdown(
+    ctx: typer.Context,
+    worker: WorkerOpt = None,
+    timeout: DeadlineOpt = None,
+    quiet: QuietOpt = False,
+    app_: AppOpt = None,
+    broker: BrokerOpt = None,
+    management_url: ManagementOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Warm shutdown through remote control, then verify what the workers held is back in the broker.
+
+    Running tasks finish; reserved, prefetched and ETA messages return to the broker (Redis: they
+    leave the 'unacked' hash; RabbitMQ: the unacked count falls back) and are counted. There is no
+    cold shutdown or kill: those lose running tasks that are not acks_late.
+
+    Exit codes: 0 done, 3 timed out (workers still answer, or messages not back yet), 69 no
+    selected worker answers, 130 interrupted (a shutdown already sent is not taken back).
+    """
+    from deploykit.cli.inspect import open_session
+    from deploykit.orchestrate.common import Timing
+    from deploykit.orchestrate.shutdown import ShutdownMachine, ShutdownOptions
+
+    with handle_errors():
+        deadline = _duration(timeout, "--timeout") if timeout is not None else 60.0
+        flags = merged_flags(ctx, app_, broker, management_url, None)
+        with open_session(flags) as session:
+            display = _progress(quiet)
+            try:
+                options = ShutdownOptions(
+                    workers=tuple(worker or ()), timeout=deadline, control_exchange=session.control_exchange
+                )
+                machine = ShutdownMachine(
+                    session.fleet, session.broker, options, timing=Timing(), progress=display
+                )
+                with interruptible():
+                    result = machine.run()
+            finally:
+                display.finish()
+        if json_:
+            _emit("shutdown", session, result)
+        else:
+            _say(f"{result.status}: {result.message}")
+            for w in result.workers:
+                _say(
+                    f"  {w.worker} (pid {w.pid}): {w.active} running finished, "
+                    f"{w.reserved} reserved + {w.scheduled} ETA handed back"
+                    + ("" if w.gone else " — STILL ANSWERING")
+                )
+            if result.returned is not None:
+                verified = "verified" if result.verified else "not verified"
+                _say(f"  {result.returned}/{result.held} held message(s) back in the broker ({verified})")
+            for note in result.notes:
+                _say(f"note: {note}")
+        _finish(result)

@@ -1,0 +1,155 @@
+"""What the orchestration machines share: time, worker selection, consumer specs and progress."""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from deploykit.brokers.base import Broker, is_internal_queue
+from deploykit.fleet.base import Fleet, Replies
+from deploykit.inspection import HeldTask, build_worker, discover
+
+#: How often the machines poll the workers: reaction time stays well under 0.5 s.
+DEFAULT_TICK = 0.2
+
+#: The commands a drain sends on every tick, all at once (one round trip).
+HELD_COMMANDS: Mapping[str, Mapping[str, Any]] = {"active": {}, "reserved": {}, "scheduled": {}}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Injected time: ``clock()`` is monotonic seconds, ``sleep(s)`` waits, ``now()`` is Unix time."""
+
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    now: Callable[[], float] = time.time
+    tick: float = DEFAULT_TICK
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress report: what is left to do, for the live display on stderr."""
+
+    phase: str
+    remaining: int
+    elapsed: float
+    #: Total seen at the start of the phase (for a bar); ``None`` when open-ended.
+    total: int | None = None
+    detail: str = ""
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def no_progress(_: Progress) -> None:
+    """The default progress callback: say nothing."""
+
+
+def matches(node: str, patterns: Sequence[str]) -> bool:
+    """True when ``node`` (``name@host``) matches one of the glob ``patterns`` (all when empty).
+
+    A pattern without ``@`` also matches the part before the ``@``, so ``w1`` selects ``w1@host``.
+    """
+    if not patterns:
+        return True
+    name = node.split("@", 1)[0]
+    return any(
+        fnmatch.fnmatchcase(node, pattern) or ("@" not in pattern and fnmatch.fnmatchcase(name, pattern))
+        for pattern in patterns
+    )
+
+
+def select_workers(
+    fleet: Fleet, broker: Broker, patterns: Sequence[str], control_exchange: str = "celery"
+) -> tuple[list[str], list[str]]:
+    """(all online workers, the selected ones), both sorted."""
+    online = sorted(discover(fleet, broker, control_exchange).nodes)
+    return online, [node for node in online if matches(node, patterns)]
+
+
+def consumed_queues(reply: Any) -> dict[str, dict[str, Any]]:
+    """``active_queues`` reply of one worker -> ``{queue name: Queue.as_dict()}`` (task queues only)."""
+    queues: dict[str, dict[str, Any]] = {}
+    if isinstance(reply, list):
+        for item in reply:
+            name = item.get("name") if isinstance(item, Mapping) else None
+            if isinstance(name, str) and not is_internal_queue(name):
+                queues[name] = dict(item)
+    return queues
+
+
+#: Keys of ``Queue.as_dict()`` that ``add_consumer`` may pass on to ``Queue.from_dict`` (kombu).
+_QUEUE_OPTIONS = (
+    "queue_arguments",
+    "binding_arguments",
+    "consumer_arguments",
+    "durable",
+    "exclusive",
+    "auto_delete",
+    "no_ack",
+    "expires",
+    "message_ttl",
+    "max_length",
+    "max_length_bytes",
+    "max_priority",
+)
+
+
+def add_consumer_arguments(queue: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Arguments of the ``add_consumer`` control that re-create the consumer ``spec`` described.
+
+    The worker uses its own app's definition when it knows the queue (celery
+    ``Consumer.add_task_queue``); otherwise these re-declare exactly what ``active_queues`` reported
+    (exchange, type, routing key, ``x-queue-type`` and other arguments).
+    """
+    exchange = spec.get("exchange")
+    arguments: dict[str, Any] = {"queue": queue}
+    if isinstance(exchange, Mapping):
+        arguments["exchange"] = exchange.get("name") or queue
+        arguments["exchange_type"] = exchange.get("type") or "direct"
+    elif isinstance(exchange, str):
+        arguments["exchange"] = exchange
+    if isinstance(spec.get("routing_key"), str):
+        arguments["routing_key"] = spec["routing_key"]
+    for key in _QUEUE_OPTIONS:
+        if spec.get(key) is not None:
+            arguments[key] = spec[key]
+    return arguments
+
+
+def held_tasks(replies: Replies, node: str) -> list[HeldTask]:
+    """Active, reserved and scheduled tasks of ``node`` from gathered replies."""
+    return list(build_worker(node, replies).tasks)
+
+
+def acknowledged(reply: Any) -> bool:
+    """True for a control reply ``{'ok': …}``."""
+    return isinstance(reply, Mapping) and "ok" in reply and "error" not in reply
+
+
+@dataclass
+class Clockwork:
+    """Elapsed time and deadline of one run."""
+
+    timing: Timing
+    timeout: float | None
+    started: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.started = self.timing.clock()
+
+    @property
+    def elapsed(self) -> float:
+        return self.timing.clock() - self.started
+
+    @property
+    def left(self) -> float | None:
+        return None if self.timeout is None else self.timeout - self.elapsed
+
+    @property
+    def expired(self) -> bool:
+        left = self.left
+        return left is not None and left <= 0

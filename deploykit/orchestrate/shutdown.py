@@ -1,0 +1,302 @@
+"""``shutdown``: warm shutdown through remote control, then proof that held work went back.
+
+::
+
+    SELECT ──► SNAPSHOT ──► SEND ──► WAIT_GONE ──► VERIFY ──► DONE
+      └► UNAVAILABLE                   └────────────┴──────► TIMEOUT
+
+The ``shutdown`` control never replies (celery-internals §0.3): the worker raises
+``WorkerShutdown`` before answering. We confirm by the worker no longer answering ``ping``, then
+check the broker: on Redis the reserved/prefetched/ETA messages it held leave the ``unacked`` hash
+(``restore_unacked_once`` at warm shutdown, §3.3); on RabbitMQ the queues' unacked count falls back
+(the channel closed, §5.2). Active tasks finish first (warm shutdown). No cold shutdown, no kill:
+remote control cannot do either, and a cold shutdown loses running ``acks_late=False`` tasks.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from deploykit.brokers.base import Broker
+from deploykit.errors import ExitCode
+from deploykit.fleet.base import Fleet
+from deploykit.orchestrate.common import (
+    HELD_COMMANDS,
+    Clockwork,
+    Progress,
+    ProgressCallback,
+    Timing,
+    consumed_queues,
+    held_tasks,
+    no_progress,
+    select_workers,
+)
+
+#: Consecutive missed pings before a worker counts as gone.
+GONE_AFTER_MISSES = 2
+
+
+class ShutdownState(str, enum.Enum):
+    SELECT = "select"
+    SNAPSHOT = "snapshot"
+    SEND = "send"
+    WAIT_GONE = "wait-gone"
+    VERIFY = "verify"
+    DONE = "done"
+    TIMEOUT = "timeout"
+    UNAVAILABLE = "unavailable"
+    INTERRUPTED = "interrupted"
+
+
+TERMINAL = {
+    ShutdownState.DONE: ExitCode.OK,
+    ShutdownState.TIMEOUT: ExitCode.TIMEOUT,
+    ShutdownState.UNAVAILABLE: ExitCode.UNAVAILABLE,
+    ShutdownState.INTERRUPTED: ExitCode.INTERRUPTED,
+}
+
+
+@dataclass(frozen=True)
+class ShutdownOptions:
+    workers: tuple[str, ...] = ()
+    timeout: float | None = 60.0
+    control_exchange: str = "celery"
+    #: Exact node names instead of patterns (used by ``restart``).
+    exact: bool = False
+
+
+@dataclass(frozen=True)
+class WorkerShutdown:
+    worker: str
+    pid: int | None
+    #: At the time of the shutdown: running (they finish), reserved/prefetched, ETA held.
+    active: int
+    reserved: int
+    scheduled: int
+    gone: bool
+    gone_after: float | None
+
+
+@dataclass(frozen=True)
+class ShutdownResult:
+    status: str
+    exit_code: int
+    message: str
+    workers: tuple[WorkerShutdown, ...]
+    #: Reserved + ETA messages the workers held, and how many are confirmed back in the broker.
+    held: int
+    returned: int | None
+    #: ``True`` when the broker confirmed every held message is back; ``None``: cannot tell.
+    verified: bool | None
+    elapsed: float
+    notes: tuple[str, ...] = ()
+
+
+class ShutdownMachine:
+    def __init__(
+        self,
+        fleet: Fleet,
+        broker: Broker,
+        options: ShutdownOptions,
+        *,
+        timing: Timing | None = None,
+        progress: ProgressCallback = no_progress,
+    ) -> None:
+        self.fleet = fleet
+        self.broker = broker
+        self.options = options
+        self.timing = timing or Timing()
+        self.progress = progress
+        self.state = ShutdownState.SELECT
+        self.clock = Clockwork(self.timing, options.timeout)
+        self.selected: list[str] = []
+        self.info: dict[str, dict[str, int | None]] = {}
+        self.queues: list[str] = []
+        self.held_ids: set[str] = set()
+        self.baseline_ids: set[str] = set()
+        self.baseline_unacked: int | None = None
+        self.misses: dict[str, int] = {}
+        self.gone: dict[str, float] = {}
+        self.returned: int | None = None
+        self.verified: bool | None = None
+        self.message = ""
+        self.notes: list[str] = []
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL
+
+    def run(self) -> ShutdownResult:
+        try:
+            while not self.done:
+                self.step()
+        except KeyboardInterrupt:
+            self.message = "interrupted: a shutdown already sent cannot be taken back"
+            self.state = ShutdownState.INTERRUPTED
+        return self.result()
+
+    def step(self) -> ShutdownState:
+        handler = {
+            ShutdownState.SELECT: self._select,
+            ShutdownState.SNAPSHOT: self._snapshot,
+            ShutdownState.SEND: self._send,
+            ShutdownState.WAIT_GONE: self._wait_gone,
+            ShutdownState.VERIFY: self._verify,
+        }.get(self.state)
+        if handler is not None:
+            handler()
+        return self.state
+
+    def _select(self) -> None:
+        if self.options.exact:
+            self.selected = sorted(self.fleet.ping(list(self.options.workers)))
+        else:
+            _, self.selected = select_workers(
+                self.fleet, self.broker, self.options.workers, self.options.control_exchange
+            )
+        if not self.selected:
+            self.message = f"no selected worker answers ({', '.join(self.options.workers) or 'any worker'})"
+            self.state = ShutdownState.UNAVAILABLE
+            return
+        self.state = ShutdownState.SNAPSHOT
+
+    def _snapshot(self) -> None:
+        replies = self.fleet.gather({**HELD_COMMANDS, "stats": {}, "active_queues": {}}, self.selected)
+        queues: set[str] = set()
+        for node in self.selected:
+            tasks = held_tasks(replies, node)
+            stats = replies.get("stats", node) or {}
+            pid = stats.get("pid") if isinstance(stats, dict) else None
+            self.info[node] = {
+                "pid": pid if isinstance(pid, int) else None,
+                "active": sum(t.state == "active" for t in tasks),
+                "reserved": sum(t.state == "reserved" for t in tasks),
+                "scheduled": sum(t.state == "scheduled" for t in tasks),
+            }
+            self.held_ids.update(t.id for t in tasks if t.state != "active" and t.id)
+            queues.update(consumed_queues(replies.get("active_queues", node)))
+        self.queues = sorted(queues)
+        if self.broker.kind == "redis":
+            self.baseline_ids = self._unacked_ids()
+        elif self.queues:
+            self.baseline_unacked = self._unacked_count()
+        self.state = ShutdownState.SEND
+
+    def _unacked_ids(self) -> set[str]:
+        ids = set()
+        for message in self.broker.unacked_messages():
+            task_id = message.headers.get("id") if message.headers else None
+            if isinstance(task_id, str):
+                ids.add(task_id)
+        return ids
+
+    def _unacked_count(self) -> int | None:
+        report = self.broker.queue_stats(self.queues)
+        counts = [q.unacked for q in report.queues]
+        if any(c is None for c in counts):
+            return None
+        return sum(c for c in counts if c is not None)
+
+    def _send(self) -> None:
+        self.fleet.control("shutdown", {}, self.selected, reply=False)
+        self.state = ShutdownState.WAIT_GONE
+
+    def _wait_gone(self) -> None:
+        pending = [n for n in self.selected if n not in self.gone]
+        answered = set(self.fleet.ping(pending))
+        for node in pending:
+            if node in answered:
+                self.misses[node] = 0
+            else:
+                self.misses[node] = self.misses.get(node, 0) + 1
+                if self.misses[node] >= GONE_AFTER_MISSES:
+                    self.gone[node] = self.clock.elapsed
+        left = len(self.selected) - len(self.gone)
+        self.progress(
+            Progress(
+                "shutdown", left, self.clock.elapsed, len(self.selected), f"{left} worker(s) still answer"
+            )
+        )
+        if not left:
+            self.state = ShutdownState.VERIFY
+            return
+        self._timeout_or_sleep(f"{left} worker(s) still answer after the shutdown command")
+
+    def _verify(self) -> None:
+        held = len(self.held_ids)
+        if self.broker.kind == "redis":
+            watched = self.held_ids & self.baseline_ids
+            still = watched & self._unacked_ids()
+            self.returned = len(watched) - len(still)
+            outstanding = len(still)
+            if len(watched) < held:
+                self.notes.append(
+                    f"{held - len(watched)} held task(s) were not in 'unacked' when the shutdown was sent"
+                )
+        else:
+            now = self._unacked_count() if self.queues else 0
+            if now is None or (self.baseline_unacked is None and held):
+                self.notes.append("the broker does not report unacked counts: the return is unverified")
+                self.verified = None
+                self._finish()
+                return
+            target = max((self.baseline_unacked or 0) - held, 0)
+            outstanding = max(now - target, 0)
+            self.returned = held - min(outstanding, held)
+        self.progress(
+            Progress("verify", outstanding, self.clock.elapsed, held, "held message(s) not yet back")
+        )
+        if outstanding == 0:
+            self.verified = True
+            self._finish()
+            return
+        self._timeout_or_sleep(f"{outstanding} held message(s) not yet back in the broker")
+
+    def _finish(self) -> None:
+        names = ", ".join(self.selected)
+        back = f"; {self.returned} held message(s) back in the broker" if self.returned is not None else ""
+        self.message = f"{names} shut down warmly in {self.clock.elapsed:.1f}s{back}"
+        self.state = ShutdownState.DONE
+
+    def _timeout_or_sleep(self, what: str) -> None:
+        if self.clock.expired:
+            self.message = f"timed out after {self.clock.elapsed:.1f}s: {what}"
+            self.state = ShutdownState.TIMEOUT
+            return
+        left = self.clock.left
+        self.timing.sleep(self.timing.tick if left is None else max(0.0, min(self.timing.tick, left)))
+
+    def result(self) -> ShutdownResult:
+        state = self.state if self.state in TERMINAL else ShutdownState.TIMEOUT
+        workers = tuple(
+            WorkerShutdown(
+                worker=node,
+                pid=self.info.get(node, {}).get("pid"),
+                active=self.info.get(node, {}).get("active") or 0,
+                reserved=self.info.get(node, {}).get("reserved") or 0,
+                scheduled=self.info.get(node, {}).get("scheduled") or 0,
+                gone=node in self.gone,
+                gone_after=round(self.gone[node], 3) if node in self.gone else None,
+            )
+            for node in self.selected
+        )
+        return ShutdownResult(
+            status=state.value,
+            exit_code=int(TERMINAL[state]),
+            message=self.message,
+            workers=workers,
+            held=len(self.held_ids),
+            returned=self.returned,
+            verified=self.verified,
+            elapsed=round(self.clock.elapsed, 3),
+            notes=tuple(self.notes),
+        )
+
+
+def exact_patterns(nodes: Sequence[str]) -> tuple[str, ...]:
+    """Glob patterns that match exactly these node names."""
+    import glob
+
+    return tuple(glob.escape(n) for n in nodes)
