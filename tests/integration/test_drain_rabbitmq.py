@@ -1,0 +1,63 @@
+"""``drain`` / ``resume`` / ``shutdown`` end to end on RabbitMQ (record in a global parameter)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import RABBIT_AUTH, RABBIT_MGMT
+from tests.orchestrate.live import active_queues, deploykit, result_json, send, succeeded, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _queue(vhost: str, name: str) -> dict:
+    with httpx.Client(base_url=RABBIT_MGMT, auth=RABBIT_AUTH, timeout=10) as client:
+        return client.get(f"/api/queues/{vhost}/{name}").json()
+
+
+def _record(vhost: str) -> int:
+    with httpx.Client(base_url=RABBIT_MGMT, auth=RABBIT_AUTH, timeout=10) as client:
+        response = client.get(f"/api/global-parameters/deploykit-consumers.{vhost}.celery")
+        return 0 if response.status_code == 404 else len(response.json()["value"]["entries"])
+
+
+def test_drain_resume_and_shutdown_on_rabbitmq(rabbitmq_url, rabbitmq_vhost, start_workers):
+    (w1,) = start_workers(rabbitmq_url, [("w1@dk", ("celery",))])
+    for _ in range(3):
+        send(rabbitmq_url, "tests.apps.basic.sleep", (1.0,))
+    wait_for(lambda: "] received" in w1.log())
+
+    proc = deploykit(rabbitmq_url, "drain", "--timeout", "60s", "--json")
+    doc = result_json(proc)
+    assert proc.returncode == 0, proc.stderr
+    assert doc["status"] == "drained" and succeeded(w1.log()) == 3
+    assert active_queues(rabbitmq_url, "w1@dk") == []
+    assert _record(rabbitmq_vhost) == 1
+    assert "channel closes" in doc["eta_fate"]
+
+    send(rabbitmq_url, "tests.apps.basic.add", (1, 2))
+    time.sleep(1.0)
+    assert succeeded(w1.log()) == 3  # nothing new picked up
+
+    proc = deploykit(rabbitmq_url, "resume", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert active_queues(rabbitmq_url, "w1@dk") == ["celery"]
+    assert _record(rabbitmq_vhost) == 0
+    wait_for(lambda: succeeded(w1.log()) == 4, timeout=10)
+
+    # shutdown: 1 running, 2 prefetched, 1 ETA -> the 3 held come back to the queue
+    send(rabbitmq_url, "tests.apps.basic.sleep", (1.5,))
+    send(rabbitmq_url, "tests.apps.basic.add", (1, 1))
+    send(rabbitmq_url, "tests.apps.basic.add", (2, 2))
+    send(rabbitmq_url, "tests.apps.basic.add", (3, 3), countdown=600)
+    wait_for(lambda: w1.log().count("] received") == 8, timeout=10)
+    proc = deploykit(rabbitmq_url, "shutdown", "--timeout", "40s", "--json")
+    doc = result_json(proc)
+    assert proc.returncode == 0, proc.stderr
+    assert doc["status"] == "done" and doc["held"] == 3 and doc["returned"] == 3, doc
+    assert w1.wait(20) is not None
+    assert succeeded(w1.log()) == 5  # the running one finished
+    wait_for(lambda: _queue(rabbitmq_vhost, "celery").get("messages_ready") == 3, timeout=15)
