@@ -3,7 +3,6 @@ for AMQP passive declares, and real amqp exception objects for the error transla
 
 from __future__ import annotations
 
-import json
 import socket
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -225,6 +224,14 @@ def test_queue_stats_takes_ready_and_consumers_from_amqp_and_the_rest_from_the_a
     assert prober.declared == ["celery", "emails", "missing", "celery_delayed_0", "celery_delayed_5"]
 
 
+def test_a_queue_that_cannot_deliver_gets_a_note() -> None:
+    rows = [row("celery", type="quorum", state="minority"), row("emails", state="running")]
+    report = broker(api(rows), FakeProber({"celery": (5, 0), "emails": (0, 1)})).queue_stats(
+        ["celery", "emails"]
+    )
+    assert report.notes == ("queue celery is in state 'minority' (management API): consumers get nothing",)
+
+
 def test_no_delayed_queues_means_no_delayed_store() -> None:
     report = broker(api([row("celery")]), FakeProber({"celery": (0, 1)})).queue_stats(["celery"])
     assert report.delayed is None
@@ -352,7 +359,7 @@ def test_a_fresh_connection_that_fails_is_unavailable() -> None:
         ),
         (ConnectionRefusedError(111, "Connection refused"), Unavailable, "connection refused"),
         (socket.gaierror(-2, "Name or service not known"), Unavailable, "'rabbit.example' does not resolve"),
-        (TimeoutError("timed out"), Unavailable, "no answer within 2s"),
+        (TimeoutError("timed out"), Unavailable, "timed out (connect 2s, read 5s)"),
         (OSError("Server unexpectedly closed connection s3cr3t"), Unavailable, "closed connection ***"),
     ],
 )
@@ -363,11 +370,11 @@ def test_amqp_errors_become_deploykit_errors_without_the_password(
         raise exc
 
     b = RabbitMQBroker(URL, management_url=MGMT, http_transport=api([]), probe_factory=factory)
-    # The fake factory raises the library error itself; go through the real translation.
-    err = b._translate(exc)
-    assert isinstance(err, kind)
-    assert text in err.message
-    assert "s3cr3t" not in err.message
+    with pytest.raises(kind) as caught:
+        b.queue_stats(["celery"])
+    assert text in caught.value.message
+    assert "s3cr3t" not in caught.value.message
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
 
 
 def test_settings_consumer_timeout_from_config_or_rabbitmq_default() -> None:
@@ -395,4 +402,3 @@ def test_close_releases_the_prober_and_the_http_client() -> None:
     with broker(api([row("celery")]), prober) as b:
         b.queue_stats(["celery"])
     assert prober.closed
-    assert json.dumps(b.settings().consumer_timeout) == "1800.0"
