@@ -1,0 +1,327 @@
+"""Manifest commands: ``manifest snapshot``, ``manifest diff`` and the CI gate ``check``.
+
+Thin: resolve settings, call one function of :mod:`deploykit.manifest.check`, render with
+:mod:`deploykit.output.findings`, exit (0 ok, 1 stale manifest or findings at ``--fail-on``,
+2 usage: bad flags, corrupt or future-schema manifest, an app that fails to import).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from deploykit.cli import app
+from deploykit.cli.common import AppOpt, JsonOpt, emit_json, handle_errors, merged_flags
+from deploykit.config import CliFlags, Settings, resolve_settings
+from deploykit.errors import ExitCode, UnsafeError, UsageError
+
+if TYPE_CHECKING:
+    from deploykit.manifest.check import Report
+
+DEFAULT_MANIFEST = "deploykit.manifest.json"
+SNAPSHOT_SCHEMA = "deploykit.snapshot/1"
+
+manifest_app = typer.Typer(
+    help="Snapshot the app's task signatures into a manifest, and diff two manifests.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(manifest_app, name="manifest")
+
+FormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        "-f",
+        metavar="FORMAT",
+        help="text, json, github, gitlab or markdown (default: github when GITHUB_ACTIONS=true, else text).",
+        show_default=False,
+    ),
+]
+FailOnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--fail-on",
+        metavar="LEVEL",
+        help="Exit 1 when an unsuppressed finding at or above this level remains: error (default), "
+        "warning, info or never [pyproject: fail_on].",
+        show_default=False,
+    ),
+]
+ReportOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--report",
+        metavar="FORMAT=PATH",
+        help="Also write the findings in FORMAT to PATH (repeatable), e.g. "
+        "--report gitlab=gl-code-quality-report.json --report json=deploykit.json.",
+        show_default=False,
+    ),
+]
+ManifestOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--manifest",
+        "-m",
+        metavar="PATH",
+        help=f"The committed manifest (default: [tool.deploykit] manifest, else {DEFAULT_MANIFEST} "
+        "in the project root).",
+        show_default=False,
+    ),
+]
+
+
+# --- shared plumbing ---------------------------------------------------------------------------
+
+
+def _settings(flags: CliFlags, *, need_app: bool) -> tuple[Settings, Any]:
+    from deploykit.userapp import load_app
+
+    return resolve_settings(flags, load_app=load_app if need_app else None, need_app=need_app)
+
+
+def _root(settings: Settings) -> Path:
+    """The project root: the folder of the nearest pyproject.toml, else the current directory."""
+    return settings.project_file.parent if settings.project_file is not None else Path.cwd()
+
+
+def _manifest_path(given: Path | None, settings: Settings) -> Path:
+    if given is not None:
+        return given
+    configured = settings.project.get("manifest")
+    if configured is not None and not isinstance(configured, str):
+        raise UsageError(f"{settings.project_file}: [tool.deploykit] manifest must be a string")
+    path = _root(settings) / (configured or DEFAULT_MANIFEST)
+    try:
+        return Path(os.path.relpath(path))
+    except ValueError:  # another drive on Windows
+        return path
+
+
+def _fail_on(given: str | None, settings: Settings) -> str:
+    from deploykit.manifest.check import fail_threshold
+
+    value = given if given is not None else settings.project.get("fail_on", "error")
+    if not isinstance(value, str):
+        raise UsageError(f"{settings.project_file}: [tool.deploykit] fail_on must be a string")
+    fail_threshold(value)
+    return value.strip().lower()
+
+
+def _ignore(settings: Settings) -> Any:
+    from deploykit.manifest.suppress import parse_ignore
+
+    where = f"{settings.project_file}: [tool.deploykit] ignore" if settings.project_file else "ignore"
+    return parse_ignore(settings.project.get("ignore"), source=where)
+
+
+def _format(fmt: str | None, json_: bool) -> str:
+    from deploykit.output.findings import FORMATS
+
+    if fmt is not None:
+        value = fmt.strip().lower()
+        if value not in FORMATS:
+            raise UsageError(f"invalid --format {fmt!r}: use one of {', '.join(FORMATS)}")
+        if json_ and value != "json":
+            raise UsageError("--json and --format are exclusive")
+        return value
+    if json_:
+        return "json"
+    return "github" if os.environ.get("GITHUB_ACTIONS") == "true" else "text"
+
+
+def _reports(values: list[str] | None) -> list[tuple[str, Path]]:
+    from deploykit.output.findings import FORMATS
+
+    parsed = []
+    for value in values or []:
+        fmt, sep, path = value.partition("=")
+        fmt = fmt.strip().lower()
+        if not sep or not path or fmt not in FORMATS:
+            raise UsageError(
+                f"invalid --report {value!r}: expected FORMAT=PATH with FORMAT one of {', '.join(FORMATS)}"
+            )
+        parsed.append((fmt, Path(path)))
+    return parsed
+
+
+def _prefix(root: Path, fmt: str) -> str | None:
+    """The project root relative to the repository root CI annotates against."""
+    base = os.environ.get("GITHUB_WORKSPACE") if fmt == "github" else os.environ.get("CI_PROJECT_DIR")
+    try:
+        relative = os.path.relpath(root.resolve(), Path(base or Path.cwd()).resolve())
+    except ValueError:
+        return None
+    if relative == "." or relative.startswith(".."):
+        return None
+    return Path(relative).as_posix()
+
+
+def emit_report(
+    report: Report, fmt: str, reports: list[tuple[str, Path]], *, root: Path, manifest: str
+) -> None:
+    """Render on stdout, write the ``--report`` files and the GitHub step summary, set the exit code."""
+    from deploykit.output import findings as out
+
+    if fmt == "json":
+        emit_json(report.document())
+    elif fmt == "text":
+        from deploykit.output.text import console
+
+        out.render_text(report, console())
+    else:
+        sys.stdout.write(out.render(report, fmt, prefix=_prefix(root, fmt), fallback_path=manifest))
+        sys.stdout.flush()
+    for extra, path in reports:
+        try:
+            path.write_text(out.render(report, extra, prefix=_prefix(root, extra), fallback_path=manifest))
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if fmt == "github" and summary:
+        try:
+            out.write_step_summary(report, Path(summary), prefix=_prefix(root, "github"))
+        except OSError as exc:
+            raise UsageError(f"cannot write $GITHUB_STEP_SUMMARY: {exc.strerror or exc}") from None
+    if report.failed:
+        raise typer.Exit(int(ExitCode.UNSAFE))
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+@manifest_app.command("snapshot")
+def snapshot(
+    ctx: typer.Context,
+    app_: AppOpt = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="PATH",
+            help=f"Where to write it ('-' for stdout; default: [tool.deploykit] manifest, else "
+            f"{DEFAULT_MANIFEST} in the project root).",
+            show_default=False,
+        ),
+    ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Write nothing; exit 1 if the file is missing or stale (for pre-commit/CI)."
+        ),
+    ] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Import the app (like a worker: task modules, autodiscovery, Django) and write its manifest."""
+    from deploykit.manifest import model
+    from deploykit.manifest.check import staleness
+    from deploykit.manifest.collect import snapshot as collect
+
+    with handle_errors():
+        flags = merged_flags(ctx, app_)
+        settings, user_app = _settings(flags, need_app=True)
+        path = _manifest_path(output, settings)
+        manifest = collect(settings.app, _root(settings), app=user_app)
+        counts = {"tasks": len(manifest.tasks), "beat": len(manifest.beat)}
+        if check:
+            if str(path) == "-":
+                raise UsageError("--check needs a file, not '-'")
+            state = staleness(path, manifest)
+            if json_:
+                emit_json(
+                    {
+                        "schema": SNAPSHOT_SCHEMA,
+                        "path": str(path),
+                        "checked": True,
+                        "written": False,
+                        "exists": state.exists,
+                        "stale": state.stale,
+                        "added": list(state.added),
+                        "removed": list(state.removed),
+                        "changed": list(state.changed),
+                        "beat_changed": state.beat_changed,
+                        **counts,
+                    }
+                )
+            if state.stale:
+                raise UnsafeError(state.describe())
+            if not json_:
+                typer.echo(f"{path} is up to date ({counts['tasks']} tasks, {counts['beat']} beat entries)")
+            return
+        text = model.dumps(manifest)
+        if str(path) == "-":
+            sys.stdout.write(text)
+            return
+        try:
+            unchanged = path.exists() and path.read_text(encoding="utf-8") == text
+            if not unchanged:
+                path.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+        if json_:
+            emit_json(
+                {
+                    "schema": SNAPSHOT_SCHEMA,
+                    "path": str(path),
+                    "checked": False,
+                    "written": not unchanged,
+                    **counts,
+                }
+            )
+        else:
+            verb = "unchanged" if unchanged else "wrote"
+            typer.echo(f"{verb} {path}: {counts['tasks']} tasks, {counts['beat']} beat entries")
+
+
+@manifest_app.command("diff")
+def diff(
+    ctx: typer.Context,
+    old: Annotated[Path, typer.Argument(metavar="OLD", help="The manifest of the running release.")],
+    new: Annotated[Path, typer.Argument(metavar="NEW", help="The manifest of the release to ship.")],
+    fmt: FormatOpt = None,
+    json_: JsonOpt = False,
+    fail_on: FailOnOpt = None,
+    report_to: ReportOpt = None,
+) -> None:
+    """Compare two manifest files: what breaks for queued messages and during a rolling deploy."""
+    from deploykit.manifest.check import diff_files
+
+    with handle_errors():
+        settings, _ = _settings(merged_flags(ctx), need_app=False)
+        chosen, extra = _format(fmt, json_), _reports(report_to)
+        report = diff_files(old, new, ignore=_ignore(settings), fail_on=_fail_on(fail_on, settings))
+        emit_report(report, chosen, extra, root=_root(settings), manifest=str(new))
+
+
+@app.command("check")
+def check(
+    ctx: typer.Context,
+    app_: AppOpt = None,
+    manifest: ManifestOpt = None,
+    fmt: FormatOpt = None,
+    json_: JsonOpt = False,
+    fail_on: FailOnOpt = None,
+    report_to: ReportOpt = None,
+) -> None:
+    """CI gate: compare the committed manifest with the live code (exit 1 on findings at --fail-on)."""
+    from deploykit.manifest.check import check_code
+
+    with handle_errors():
+        flags = merged_flags(ctx, app_)
+        chosen, extra = _format(fmt, json_), _reports(report_to)
+        settings, _ = _settings(flags, need_app=False)  # read pyproject before importing user code
+        path = _manifest_path(manifest, settings)
+        level = _fail_on(fail_on, settings)
+        ignore = _ignore(settings)
+        from deploykit.manifest import model
+
+        model.read(path)  # a missing or corrupt manifest is reported before the app is imported
+        settings, user_app = _settings(flags, need_app=True)
+        report = check_code(path, settings.app, _root(settings), ignore=ignore, fail_on=level, app=user_app)
+        # Issue 4 (`check --broker`) adds the broker scan's findings to this same report here.
+        emit_report(report, chosen, extra, root=_root(settings), manifest=str(path))
