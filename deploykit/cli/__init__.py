@@ -47,6 +47,7 @@ def root(
 
 
 from deploykit.cli import inspect as _inspect  # noqa: E402,F401  (registers commands)
+from deploykit.cli import manifest as _manifest  # noqa: E402,F401
 
 
 def main() -> None:
