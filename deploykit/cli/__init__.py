@@ -54,3 +54,4 @@ def main() -> None:
     """Console-script entry point."""
     app()
 from deploykit.cli import orchestrate as _orchestrate  # noqa: E402,F401
+from deploykit.cli import health as _health  # noqa: E402,F401
