@@ -378,3 +378,130 @@ def shutdown(
             for note in result.notes:
                 _say(f"note: {note}")
         _finish(result)
+
+
+# -- restart ----------------------------------------------------------------------------------
+@app.command()
+def restart(
+    ctx: typer.Context,
+    worker: WorkerOpt = None,
+    batch: Annotated[
+        int, typer.Option("--batch", metavar="N", min=1, help="Workers restarted at a time.")
+    ] = 1,
+    min_consumers: MinConsumersOpt = None,
+    exec_: Annotated[
+        str | None,
+        typer.Option(
+            "--exec",
+            metavar="'COMMAND TEMPLATE'",
+            help="Run this to start each worker again, after deploykit shut it down warmly. Split like a "
+            "shell line but run without a shell (write `sh -c '…'` for one). Placeholders: {nodename} "
+            "(w1@host), {name} (w1), {hostname} (host), {pid} (old pid), {queues} (a,b). Examples: "
+            "'systemctl start celery@{name}', 'kubectl delete pod {hostname}', 'docker restart {hostname}'.",
+        ),
+    ] = None,
+    supervisor: Annotated[
+        str | None,
+        typer.Option(
+            "--supervisor",
+            metavar="URL",
+            help="supervisord XML-RPC: http://user:pass@host:9001 or unix:///run/supervisor.sock. The "
+            "program is the one whose pid is the worker's, or --program.",
+        ),
+    ] = None,
+    program: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--program", metavar="NODE=PROGRAM", help="supervisord program of a worker (repeatable)."
+        ),
+    ] = None,
+    manifest: Annotated[
+        str | None,
+        typer.Option(
+            "--manifest",
+            metavar="FILE",
+            help="A worker is back only when its registered task names equal this manifest's tasks.",
+        ),
+    ] = None,
+    drain_timeout: Annotated[
+        str, typer.Option("--drain-timeout", metavar="DURATION", help="Per batch ('0' = no limit).")
+    ] = "10m",
+    shutdown_timeout: Annotated[str, typer.Option("--shutdown-timeout", metavar="DURATION")] = "2m",
+    start_timeout: Annotated[
+        str, typer.Option("--start-timeout", metavar="DURATION", help="Until a started worker answers.")
+    ] = "2m",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
+    record_ttl: RecordTtlOpt = "7d",
+    quiet: QuietOpt = False,
+    app_: AppOpt = None,
+    broker: BrokerOpt = None,
+    management_url: ManagementOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Rolling restart, batch by batch: drain → warm shutdown → start → wait until back → next.
+
+    A failed batch stops the rollout; the workers of later batches are untouched.
+
+    Exit codes: 0 restarted (or plan printed), 1 a start failed or a worker came back with other
+    tasks than --manifest, 2 usage, 3 a step timed out, 4 --min-consumers forbids a batch (nothing
+    changed), 69 no selected worker answers, 130 interrupted.
+    """
+    from deploykit.cli.inspect import open_session
+    from deploykit.orchestrate.adapters import ExecStarter, Starter, SupervisorStarter, parse_programs
+    from deploykit.orchestrate.common import Timing
+    from deploykit.orchestrate.restart import RestartMachine, RestartOptions, manifest_task_names
+
+    with handle_errors():
+        if (exec_ is None) == (supervisor is None):
+            raise UsageError("restart needs exactly one of --exec 'COMMAND' or --supervisor URL")
+        starter: Starter
+        if exec_ is not None:
+            starter = ExecStarter(exec_, timeout=parse_duration(start_timeout, what="--start-timeout"))
+        else:
+            assert supervisor is not None
+            starter = SupervisorStarter(supervisor, parse_programs(program or []))
+        expected = manifest_task_names(manifest) if manifest else None
+        options_base = {
+            "workers": tuple(worker or ()),
+            "batch": batch,
+            "min_consumers": min_consumers,
+            "drain_timeout": _duration(drain_timeout, "--drain-timeout"),
+            "shutdown_timeout": _duration(shutdown_timeout, "--shutdown-timeout"),
+            "start_timeout": parse_duration(start_timeout, what="--start-timeout"),
+            "expected_tasks": expected,
+            "dry_run": dry_run,
+        }
+        flags = merged_flags(ctx, app_, broker, management_url, None)
+        with open_session(flags) as session:
+            records = _records(session, record_ttl)
+            display = _progress(quiet)
+            try:
+                options = RestartOptions(**options_base, control_exchange=session.control_exchange)  # type: ignore[arg-type]
+                machine = RestartMachine(
+                    session.fleet,
+                    session.broker,
+                    records,
+                    starter,
+                    options,
+                    timing=Timing(),
+                    progress=display,
+                )
+                with interruptible():
+                    result = machine.run()
+            finally:
+                display.finish()
+                records.close()
+        if json_:
+            _emit("restart", session, result)
+        else:
+            _say(f"{result.status}: {result.message}")
+            for b in result.batches:
+                _say(f"  batch {b.index + 1}: {b.status}" + (f" — {b.error}" if b.error else ""))
+                for r in b.restarts:
+                    back = (
+                        f", back after {r.back_after:.1f}s (pid {r.new_pid})"
+                        if r.back_after is not None
+                        else ""
+                    )
+                    _say(f"    {r.worker} (pid {r.old_pid}) → {r.target}{back}")
+        _finish(result)
