@@ -1,0 +1,24 @@
+"""Every finding ID the checks can emit has its README section (FINDINGS.md, merged into README)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import deploykit.doctor.checks as checks
+
+DOC = Path(checks.__file__).with_name("FINDINGS.md")
+
+
+def _emitted_ids() -> set[str]:
+    source = Path(checks.__file__).read_text()
+    return set(re.findall(r'Finding\(\s*"([a-z0-9-]+)",\s*Level\.', source))
+
+
+def test_every_finding_has_an_anchor() -> None:
+    ids = _emitted_ids()
+    assert len(ids) >= 20
+    text = DOC.read_text()
+    anchors = set(re.findall(r'<a id="dk-([a-z0-9-]+)"></a>', text))
+    assert ids - anchors == set(), "add a section to deploykit/doctor/FINDINGS.md"
+    assert anchors - ids == set(), "a documented finding is never emitted"
