@@ -41,6 +41,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 import redis.sentinel
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from deploykit.brokers.base import (
     Broker,
@@ -202,6 +204,9 @@ class RedisBroker(Broker):
         timeouts: dict[str, Any] = {
             "socket_connect_timeout": self.connect_timeout,
             "socket_timeout": self.read_timeout,
+            # redis-py retries failed commands by default (3 times, with backoff; 4 s for an
+            # unreachable Sentinel): fail at once instead, the caller decides what to do.
+            "retry": Retry(NoBackoff(), 0),
         }
         try:
             if scheme == "sentinel":
@@ -216,6 +221,7 @@ class RedisBroker(Broker):
                     db=int(db.strip("/") or 0),
                     password=unquote(parts.password) if parts.password else None,
                     socket_timeout=self.read_timeout,
+                    retry=timeouts["retry"],
                 )
             return redis.Redis.from_url(first, **timeouts)
         except ValueError as exc:
