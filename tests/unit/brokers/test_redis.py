@@ -306,6 +306,11 @@ def test_unreachable_broker_fails_fast_with_the_url_masked() -> None:
     assert "redis://:***@127.0.0.1" in info.value.message
     with pytest.raises(Unavailable):
         list(RedisBroker(url, transport_options={}, timeout=1.0).iter_messages("celery"))
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match=r"sentinel://:\*\*\*@127\.0\.0\.1"):
+        sentinel = f"sentinel://:s3cr3t-pw@127.0.0.1:{free_port()}/0"
+        RedisBroker(sentinel, transport_options={"master_name": "m"}, timeout=1.0).known_queues()
+    assert time.monotonic() - started < 2, "redis-py's default retries must be off"
 
 
 def test_connect_timeout_is_bounded() -> None:
@@ -371,3 +376,64 @@ def test_invalid_options_are_usage_errors() -> None:
         RedisBroker("redis://localhost/0", transport_options={"priority_steps": ["x"]}, timeout=1)
     with pytest.raises(UsageError, match="master_name"):
         RedisBroker("sentinel://localhost:26379", transport_options={}, timeout=1)
+
+
+@pytest.fixture(scope="module")
+def redis_with_sentinel() -> Iterator[tuple[int, int, str]]:
+    """A private redis-server on a TCP port and a unix socket, watched by a private Sentinel."""
+    workdir = Path(tempfile.mkdtemp(prefix="deploykit-sentinel-"))
+    port, sentinel_port = free_port(), free_port()
+    binary = redis_server_binary()
+    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)]
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--unixsocket", str(workdir / "r.sock"), *common],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    config = workdir / "sentinel.conf"  # Sentinel insists on a writable config file
+    config.write_text(f"port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor mym 127.0.0.1 {port} 1\n")
+    sentinel = subprocess.Popen(
+        [binary, str(config), "--sentinel", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for client in (redis.Redis(port=port), redis.Redis(port=sentinel_port)):
+            for _ in range(100):
+                try:
+                    client.ping()
+                    break
+                except redis.exceptions.ConnectionError:
+                    time.sleep(0.05)
+            client.close()
+        yield port, sentinel_port, str(workdir / "r.sock")
+    finally:
+        for process in (sentinel, server):
+            process.terminate()
+            process.wait(10)
+        for path in workdir.iterdir():
+            path.unlink()
+        workdir.rmdir()
+
+
+def test_sentinel_and_unix_socket_urls(redis_with_sentinel: tuple[int, int, str]) -> None:
+    port, sentinel_port, socket_path = redis_with_sentinel
+    with Connection(f"redis://127.0.0.1:{port}/3") as conn:
+        queue = conn.SimpleQueue("sq")
+        queue.put({"a": 1})
+        queue.close()
+    urls = [
+        (
+            f"sentinel://127.0.0.1:{free_port()};sentinel://127.0.0.1:{sentinel_port}/3",
+            {"master_name": "mym"},
+        ),
+        (f"redis+socket://{socket_path}?virtual_host=3", {}),
+    ]
+    for url, options in urls:
+        with RedisBroker(url, transport_options=options, timeout=1) as broker:
+            assert broker.known_queues() == ["sq"], url
+            assert broker.queue_stats(["sq"]).queues[0].ready == 1, url
+    with pytest.raises(Unavailable, match="No master found for 'nosuch'"):
+        RedisBroker(
+            f"sentinel://127.0.0.1:{sentinel_port}/3", transport_options={"master_name": "nosuch"}, timeout=1
+        ).known_queues()
