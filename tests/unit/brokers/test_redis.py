@@ -108,6 +108,15 @@ def test_custom_sep_steps_and_global_keyprefix(redis_url: str) -> None:
         assert (stats.ready, stats.ready_by_priority, stats.exists) == (4, {0: 2, 5: 2}, True)
         assert broker.known_queues() == ["celery"]  # Celery declares only the queues it publishes to
         listed = [m.headers["id"] for m in broker.iter_messages("celery", batch=1)]
+        # A delivery through kombu with the same options lands in the prefixed unacked hash.
+        with Connection(redis_url, transport_options=options) as conn:
+            held = Queue("celery")(conn.channel()).get(no_ack=False)
+            assert held is not None
+            (stats,) = broker.queue_stats(["celery"]).queues
+            assert (stats.ready, stats.unacked, stats.ready_by_priority) == (3, 1, {0: 1, 5: 2})
+            (unacked,) = broker.unacked_messages()
+            assert unacked.headers["id"] == held.headers["id"] and unacked.delivered_at is not None
+            assert unacked.queue == "celery"
     # Without the options, nothing of that layout is visible.
     with RedisBroker(redis_url, transport_options={}, timeout=1) as plain:
         assert plain.known_queues() == []
