@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from bisect import bisect
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -65,7 +66,11 @@ PERMANENT_PREFIX = "_kombu.binding_permanent."  # kombu 5.7.0 only
 #: Connecting must fail fast: an unreachable broker is reported, not waited on.
 MAX_CONNECT_TIMEOUT = 3.0
 MIN_READ_TIMEOUT = 10.0
-_SCAN_COUNT = 1000
+#: SCAN walks the whole keyspace (result keys included); big pages save round trips.
+_SCAN_COUNT = 10_000
+#: The binding-set *keys* found by a SCAN are reused this long (their members are always read
+#: fresh): ``status`` lists and counts queues, and ``drain`` polls, without one SCAN each time.
+BINDING_KEYS_TTL = 10.0
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 Binding = tuple[str, str, str]  # (routing key, pattern, queue)
@@ -194,6 +199,7 @@ class RedisBroker(Broker):
         self.connect_timeout = min(max(float(timeout), 0.1), MAX_CONNECT_TIMEOUT)
         self.read_timeout = max(float(timeout), MIN_READ_TIMEOUT, float(opts.get("socket_timeout") or 0))
         self._lpos = True
+        self._binding_keys: tuple[float, list[tuple[str, str]]] | None = None
         self._client = client if client is not None else self._make_client(url, opts)
 
     # ---------------------------------------------------------------------------- connecting
@@ -289,14 +295,7 @@ class RedisBroker(Broker):
                 keys.append((exchange, self._k(BINDING_PREFIX + exchange)))
                 keys.append((exchange, self._k(PERMANENT_PREFIX + exchange)))
         else:
-            table, permanent = self._k(BINDING_PREFIX), self._k(PERMANENT_PREFIX)
-            # One pattern covers both: "_kombu.binding" is their common stem.
-            match = _glob_escape(self._k("_kombu.binding")) + "*"
-            for raw in client.scan_iter(match=match, count=_SCAN_COUNT):
-                key = _text(raw)
-                for prefix in (table, permanent):
-                    if key.startswith(prefix):
-                        keys.append((key[len(prefix) :], key))
+            keys = self._scan_binding_keys()
         tables: dict[str, set[Binding]] = {}
         if not keys:
             return tables
@@ -312,6 +311,23 @@ class RedisBroker(Broker):
                 if len(parts) == 3:
                     bindings.add((parts[0], parts[1], parts[2]))
         return tables
+
+    def _scan_binding_keys(self) -> list[tuple[str, str]]:
+        """``(exchange, key)`` of every binding set, from one SCAN (reused for a few seconds)."""
+        now = time.monotonic()
+        if self._binding_keys is not None and now - self._binding_keys[0] < BINDING_KEYS_TTL:
+            return list(self._binding_keys[1])
+        keys: list[tuple[str, str]] = []
+        table, permanent = self._k(BINDING_PREFIX), self._k(PERMANENT_PREFIX)
+        # One pattern covers both: "_kombu.binding" is their common stem.
+        match = _glob_escape(self._k("_kombu.binding")) + "*"
+        for raw in self._client.scan_iter(match=match, count=_SCAN_COUNT):
+            key = _text(raw)
+            for prefix in (table, permanent):
+                if key.startswith(prefix):
+                    keys.append((key[len(prefix) :], key))
+        self._binding_keys = (now, keys)
+        return list(keys)
 
     def known_queues(self) -> list[str]:
         with self._errors():

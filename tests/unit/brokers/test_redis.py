@@ -446,3 +446,16 @@ def test_sentinel_and_unix_socket_urls(redis_with_sentinel: tuple[int, int, str]
         RedisBroker(
             f"sentinel://127.0.0.1:{sentinel_port}/3", transport_options={"master_name": "nosuch"}, timeout=1
         ).known_queues()
+
+
+def test_binding_set_keys_are_rescanned_after_the_ttl(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with RedisBroker(redis_url, transport_options={}, timeout=1) as broker:
+        assert broker.known_queues() == []
+        raw = redis.Redis.from_url(redis_url)
+        raw.sadd("_kombu.binding.fresh", "fresh\x06\x16\x06\x16fresh")
+        raw.close()
+        assert broker.known_queues() == []  # the SCAN result is reused for a few seconds
+        monkeypatch.setattr(redis_broker, "BINDING_KEYS_TTL", 0.0)
+        assert broker.known_queues() == ["fresh"]
