@@ -24,6 +24,17 @@ app.conf.update(
         Queue("emails", Exchange("emails", type="direct"), routing_key="emails"),
     ],
 )
+if os.environ.get("DEPLOYKIT_TEST_QUORUM_DIRECT"):
+    # Quorum queues on direct exchanges: Celery skips native delayed delivery for them, so ETA
+    # tasks stay in worker memory (celery-internals §4.3) — what doctor must point out.
+    app.conf.task_queues = [
+        Queue(
+            "celery",
+            Exchange("celery", type="direct"),
+            routing_key="celery",
+            queue_arguments={"x-queue-type": "quorum"},
+        ),
+    ]
 app.conf.update(json.loads(os.environ.get("DEPLOYKIT_TEST_SETTINGS") or "{}"))
 
 

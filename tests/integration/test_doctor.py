@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +124,29 @@ def test_bad_files_and_unreachable_broker(tmp_path: Path) -> None:
     assert offline.returncode == 0, offline.stderr
     down = deploykit("doctor", "-b", f"redis://127.0.0.1:{free_port()}/0", env={})
     assert down.returncode == 69, down.stderr
+
+
+def test_rabbitmq_quorum_on_direct_exchange_and_held_eta(rabbitmq_url: str, start_workers: Any) -> None:
+    env = {**app_env(rabbitmq_url, SAFE), "DEPLOYKIT_TEST_QUORUM_DIRECT": "1"}
+    start_workers(rabbitmq_url, [("qq@dk", ("celery",))], app=APP, env=env)
+    from celery import Celery
+
+    producer = Celery("producer", broker=rabbitmq_url, set_as_current=False)
+    from kombu import Exchange, Queue
+
+    quorum = Queue(
+        "celery", Exchange("celery", "direct"), "celery", queue_arguments={"x-queue-type": "quorum"}
+    )
+    producer.send_task("tests.apps.configurable.add", args=[1, 2], queue=quorum, countdown=7200)
+    time.sleep(1.0)  # let the worker take the ETA task into its timer
+
+    result = deploykit("doctor", "-A", APP, "--json", env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    found = findings(result)
+    direct = found["delayed-delivery-direct-exchange"]
+    assert "celery" in direct["why"] and "worker qq@dk" in direct["where"]
+    # RabbitMQ's default 30-minute consumer_timeout closes the channel long before a 2 h ETA.
+    held = found["consumer-timeout-below-eta"]
+    assert held["level"] == "error" and held["where"] == ["queue celery"] and "qq@dk" in held["why"]
+    assert "confirm-publish-off" in found
+    assert not any("policies not read" in note for note in json.loads(result.stdout)["notes"])
