@@ -6,10 +6,27 @@ Protocol v2 keeps the task name, id, ETA, expiry and argument reprs in plain hea
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+
+try:  # orjson parses broker envelopes ~3x faster; the scan's throughput target depends on it.
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - orjson is a dependency, but keep working without it
+    _fast_loads = json.loads
+
+
+def loads_json(data: bytes | str) -> Any:
+    """Parse JSON fast; fall back to the stdlib for what orjson refuses (integers over 64 bits).
+
+    Raises ``ValueError`` (``UnicodeDecodeError`` included) for invalid input, like ``json.loads``.
+    """
+    try:
+        return _fast_loads(data)
+    except ValueError:
+        return json.loads(data)
 
 
 def parse_time(value: Any) -> datetime | None:

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 #: Celery's internal queues: remote-control mailboxes and replies, event queues.
 _INTERNAL = re.compile(r"(\.pidbox$|^celeryev\.|\.reply\.celery\.pidbox$|^_kombu\.)")
@@ -78,9 +78,12 @@ class QueueReport:
     delayed: DelayedStore | None = None
 
 
-@dataclass(frozen=True)
-class RawMessage:
-    """A task message as the broker stores it: nothing decoded but the transport envelope."""
+class RawMessage(NamedTuple):
+    """A task message as the broker stores it: nothing decoded but the transport envelope.
+
+    A named tuple rather than a dataclass: a queue scan creates millions of these, and a tuple
+    is built several times faster than a frozen dataclass (see README, Benchmarks).
+    """
 
     #: ``ready`` (waiting in a queue), ``unacked`` (delivered to a worker) or ``delayed``.
     location: str
@@ -147,6 +150,18 @@ class Broker(ABC):
         from deploykit.errors import Refused
 
         raise Refused(f"{self.kind} brokers cannot list waiting messages without consuming them")
+
+    def peek_messages(
+        self, queue: str, limit: int, *, allow_quorum: bool = False
+    ) -> tuple[list[RawMessage], str]:
+        """Sample up to ``limit`` messages of a broker that cannot read without consuming.
+
+        Returns the messages and one sentence saying what the peek did to the queue. Only called
+        when the user asked for it (``--peek``). The default refuses.
+        """
+        from deploykit.errors import Refused
+
+        raise Refused(f"{self.kind} brokers do not support peeking")
 
     def worker_mailboxes(self, control_exchange: str = "celery") -> list[str] | None:
         """Node names of the workers whose remote-control mailbox the broker holds.

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from deploykit.messages import parse_time
 from deploykit.scan.bind import CallChecker, TaskSpec
@@ -56,6 +56,9 @@ class Outcome:
     reason: str | None = None
 
 
+_RUNS = Outcome(Verdict.RUNS)
+
+
 class Judge:
     """Classifies calls against the new (and optionally old) task signatures, with caching."""
 
@@ -80,11 +83,11 @@ class Judge:
         if call.name not in self._new:
             return Outcome(Verdict.DISCARDED, f"{where}task {call.name!r} is no longer registered")
         if call.prepended is None:
-            return Outcome(Verdict.RUNS)
+            return _RUNS
         checker = self._checker("new", call.name)
         if checker is None:
             return Outcome(Verdict.UNDECIDABLE, f"{where}signature of {call.name} is unusable")
-        args = (None,) * call.prepended + tuple(call.args)
+        args = (None,) * call.prepended + call.args if call.prepended else call.args
         error = checker.error(args, call.kwargs)
         if error is not None:
             return Outcome(Verdict.FAILS, f"{where}TypeError: {error}")
@@ -96,10 +99,12 @@ class Judge:
                 return Outcome(
                     Verdict.MISBOUND, f"{where}positional arguments land on other parameters ({moved})"
                 )
-        return Outcome(Verdict.RUNS)
+        return _RUNS
 
     def message(self, decoded: DecodedMessage) -> Outcome:
-        worst = Outcome(Verdict.RUNS)
+        if len(decoded.calls) == 1:
+            return self.call(decoded.calls[0])
+        worst = _RUNS
         for call in decoded.calls:
             outcome = self.call(call)
             if _SEVERITY[outcome.verdict] > _SEVERITY[worst.verdict]:
@@ -139,8 +144,7 @@ class Group:
             self.samples.append(task_id)
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):
     """One message from one source: stored bytes, or a call a worker reported already decoded."""
 
     location: str
@@ -164,19 +168,24 @@ class Report:
         self.expired = 0
         self.notes: list[str] = []
         self.scanned = 0
+        self._location_kinds: dict[str, str] = {}
 
     def add(self, item: Item, outcome: Outcome) -> None:
         decoded = item.decoded
         task = decoded.task_name or "<unknown>"
-        eta = parse_time(item.headers.get("eta"))
-        expires = parse_time(item.headers.get("expires"))
+        headers = item.headers
+        eta = parse_time(headers.get("eta")) if headers.get("eta") else None
+        expires = parse_time(headers.get("expires")) if headers.get("expires") else None
         expired = expires is not None and expires < self.now
         group = self.groups.get((task, outcome.verdict))
         if group is None:
             group = self.groups[(task, outcome.verdict)] = Group(task, outcome.verdict)
         group.add(item.location, decoded.task_id, outcome.reason, eta, expired)
         self.totals[outcome.verdict] += 1
-        self.by_location[item.location.split(":", 1)[0]] += 1
+        kind = self._location_kinds.get(item.location)
+        if kind is None:
+            kind = self._location_kinds[item.location] = item.location.split(":", 1)[0]
+        self.by_location[kind] += 1
         self.scanned += 1
         if expired:
             self.expired += 1

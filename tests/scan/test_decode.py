@@ -99,7 +99,7 @@ def test_compressed_body():
         encode=False,
         body_encoding="base64",
     )
-    message = RawMessage(**{**message.__dict__, "body": base64.b64encode(data).decode()})
+    message = message._replace(body=base64.b64encode(data).decode())
     result = decode(message)
     assert isinstance(result, DecodedMessage) and result.calls[0].args == (1, 2)
 

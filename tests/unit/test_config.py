@@ -120,7 +120,7 @@ def test_mask_url_handles_failover_lists_and_no_password():
     assert mask_url("amqp://user@h//") == "amqp://user@h//"
 
 
-@given(st.text(alphabet=st.characters(blacklist_characters="@;/ \n\t\r", min_codepoint=33), min_size=4))
+@given(st.text(alphabet=st.characters(blacklist_characters="@;/ \n\t\r", blacklist_categories=("Cs",), min_codepoint=33), min_size=4))
 def test_redactor_never_lets_a_password_through(password):
     from urllib.parse import quote
 

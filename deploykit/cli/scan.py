@@ -1,0 +1,219 @@
+"""``deploykit scan``: would the messages already waiting still run on the new code?"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from deploykit.cli import app
+from deploykit.cli.common import (
+    AppOpt,
+    BrokerOpt,
+    JsonOpt,
+    ManagementOpt,
+    TimeoutOpt,
+    emit_json,
+    handle_errors,
+    merged_flags,
+    use_redactor,
+)
+from deploykit.config import CliFlags
+from deploykit.errors import ExitCode, UsageError
+
+FORMATS = ("text", "json", "github")
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2}
+
+
+def parse_size(text: str) -> int:
+    """``1048576``, ``512k``, ``1m`` -> bytes."""
+    value = text.strip().lower()
+    number = value.rstrip("kmbi")
+    unit = value[len(number) :]
+    try:
+        size = int(float(number) * _SIZE_UNITS[unit])
+    except (ValueError, KeyError):
+        raise UsageError(f"invalid size {text!r}: use bytes or a size like 512k, 1m") from None
+    if size <= 0:
+        raise UsageError(f"invalid size {text!r}: must be positive")
+    return size
+
+
+def pick_format(format_: str | None, json_: bool) -> str:
+    import os
+
+    if json_:
+        return "json"
+    if format_ is None:
+        return "github" if os.environ.get("GITHUB_ACTIONS") == "true" else "text"
+    if format_ not in FORMATS:
+        raise UsageError(f"invalid --format {format_!r}: choose {', '.join(FORMATS)}")
+    return format_
+
+
+def scan_broker(
+    flags: CliFlags,
+    *,
+    against: Path | None,
+    old_manifest: Path | None,
+    queues: list[str] | None,
+    workers: bool,
+    beat: bool,
+    peek: bool,
+    peek_limit: int,
+    force: bool,
+    oversize: int,
+    new_manifest: Any = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Resolve everything and run the scan; returns the report and its description.
+
+    Shared by ``deploykit scan`` and ``deploykit check --broker``.
+    """
+    from deploykit.cli.inspect import open_session
+    from deploykit.inspection import app_queue_names, discover
+    from deploykit.manifest.collect import snapshot
+    from deploykit.manifest.model import read
+    from deploykit.scan.run import PeekOptions, run_scan
+
+    if peek_limit < 1:
+        raise UsageError("--peek-limit must be at least 1")
+    old = read(old_manifest) if old_manifest is not None else None
+    new = read(against) if against is not None else new_manifest
+    with open_session(flags, with_fleet=workers) as session:
+        use_redactor(session.settings)
+        if new is None:
+            if session.app is None:
+                raise UsageError(
+                    "say what the new code is: -A/--app MODULE (the live app) or --against MANIFEST"
+                )
+            new = snapshot(None, app=session.app)
+        names = list(queues or ())
+        if not names:
+            known = set(session.broker.known_queues())
+            known.update(t.queue for t in new.tasks.values() if t.queue)
+            known.update(app_queue_names(session.app))
+            names = sorted(known)
+        nodes: list[str] = []
+        if session.fleet is not None:
+            nodes = list(discover(session.fleet, session.broker, session.control_exchange).nodes)
+
+        def progress(count: int, elapsed: float) -> None:
+            rate = count / elapsed if elapsed else 0.0
+            sys.stderr.write(f"deploykit: scanned {count} messages ({rate:,.0f}/s)\n")
+
+        report = run_scan(
+            broker=session.broker,
+            new=new,
+            old=old,
+            now=datetime.now(timezone.utc),
+            queues=names,
+            fleet=session.fleet,
+            workers=nodes,
+            app=session.app,
+            include_beat=beat,
+            peek=PeekOptions(peek_limit, force) if peek else None,
+            oversize=oversize,
+            progress=progress,
+        )
+        described = {
+            "new": f"manifest {against}" if against is not None else f"app {session.settings.app}",
+            "old": str(old_manifest) if old_manifest is not None else None,
+            "broker": session.settings.masked_broker_url,
+        }
+    if old is None:
+        report.notes.append("no old manifest given (--manifest): reordered parameters cannot be detected")
+    return report, described
+
+
+@app.command()
+def scan(
+    ctx: typer.Context,
+    against: Annotated[
+        Path | None,
+        typer.Option(
+            "--against", metavar="MANIFEST", help="The new release's manifest (default: the live app, -A)."
+        ),
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest",
+            metavar="PATH",
+            help="The manifest of the code that produced the waiting messages (detects misbinding).",
+        ),
+    ] = None,
+    queue: Annotated[
+        list[str] | None, typer.Option("--queue", "-Q", help="Only these queues (repeatable).")
+    ] = None,
+    no_workers: Annotated[bool, typer.Option("--no-workers", help="Skip tasks held by workers.")] = False,
+    no_beat: Annotated[bool, typer.Option("--no-beat", help="Skip beat schedule entries.")] = False,
+    peek: Annotated[
+        bool,
+        typer.Option(
+            "--peek", help="Sample RabbitMQ queues through the management API (requeues: sets redelivered)."
+        ),
+    ] = False,
+    peek_limit: Annotated[
+        int, typer.Option("--peek-limit", metavar="N", help="Messages to peek per queue.")
+    ] = 100,
+    force: Annotated[
+        bool, typer.Option("--force", help="Allow --peek on quorum queues (reorders them).")
+    ] = False,
+    oversize: Annotated[
+        str,
+        typer.Option("--oversize", metavar="SIZE", help="Flag payloads larger than this (e.g. 512k, 1m)."),
+    ] = "1m",
+    format_: Annotated[
+        str | None,
+        typer.Option(
+            "--format", metavar="FORMAT", help="text, json or github (default github under GitHub Actions)."
+        ),
+    ] = None,
+    app_: AppOpt = None,
+    broker: BrokerOpt = None,
+    management_url: ManagementOpt = None,
+    timeout: TimeoutOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Check every waiting message (queues, worker-held, ETA, beat) against the new code.
+
+    Verdicts: runs, misbound, fails, discarded, undecidable. Exit 1 if any message would fail, be
+    discarded or misbind.
+    """
+    with handle_errors():
+        fmt = pick_format(format_, json_)
+        size = parse_size(oversize)
+        flags = merged_flags(ctx, app_, broker, management_url, timeout)
+        report, described = scan_broker(
+            flags,
+            against=against,
+            old_manifest=manifest,
+            queues=queue,
+            workers=not no_workers,
+            beat=not no_beat,
+            peek=peek,
+            peek_limit=peek_limit,
+            force=force,
+            oversize=size,
+        )
+        render_scan(report, described, fmt)
+        if report.breaking:
+            raise typer.Exit(int(ExitCode.UNSAFE))
+
+
+def render_scan(report: Any, described: dict[str, Any], fmt: str) -> None:
+    from deploykit.output import scan as out
+
+    if fmt == "json":
+        emit_json(
+            out.document(report, new=described["new"], old=described["old"], broker=described["broker"])
+        )
+    elif fmt == "github":
+        out.render_github(report, sys.stdout.write)
+    else:
+        from deploykit.output.text import console
+
+        out.render_text(report, console())

@@ -1,0 +1,184 @@
+"""``deploykit scan`` end to end: release-1 messages waiting in a real Redis (queued, held by a
+real worker as ETA tasks, in a chain, on a beat schedule) are scanned against release 2; then
+release 2's worker really runs them, and what happened must match the scan's predictions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+ETA_SECONDS = 15
+
+
+def deploykit(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DEPLOYKIT_")}
+    full_env.update(env, NO_COLOR="1")
+    return subprocess.run(
+        [sys.executable, "-m", "deploykit", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+
+
+def _snapshot(module: str, path: Path, env: dict[str, str]) -> None:
+    code = (
+        "import sys, importlib; from deploykit.manifest.collect import snapshot; "
+        "from deploykit.manifest.model import dumps; "
+        f"app = importlib.import_module('{module}').app; "
+        "sys.stdout.write(dumps(snapshot(None, app=app)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        check=True,
+    )
+    path.write_text(result.stdout)
+
+
+def _results(client) -> dict[str, dict]:
+    out = {}
+    for key in client.scan_iter("celery-task-meta-*"):
+        meta = json.loads(client.get(key))
+        out[meta["task_id"]] = meta
+    return out
+
+
+def test_scan_predicts_what_release_two_really_does(redis_url, start_workers, tmp_path):
+    import redis
+
+    env = {"DEPLOYKIT_TEST_BROKER": redis_url, "DEPLOYKIT_TEST_BACKEND": redis_url}
+    os.environ.update(env)
+    try:
+        from celery import chain
+
+        from tests.apps import shop_v1
+    finally:
+        for key in env:
+            os.environ.pop(key)
+    v1 = shop_v1
+    v1.app.conf.broker_url = redis_url
+    v1.app.conf.result_backend = redis_url
+    old_manifest = tmp_path / "v1.json"
+    _snapshot("tests.apps.shop_v1", old_manifest, env)
+
+    # A release-1 worker picks up ETA tasks and holds them (Redis: in the unacked hash). It
+    # consumes only the `eta` queue, so the messages below stay waiting in `celery`/`emails`.
+    (worker,) = start_workers(redis_url, [("v1@dk", ("eta",))], app="tests.apps.shop_v1", env=env)
+    eta_ids = [
+        v1.report.apply_async((3,), countdown=ETA_SECONDS, queue="eta").id,
+        v1.notify.apply_async((6,), countdown=ETA_SECONDS, queue="eta").id,
+    ]
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 20
+    while client.hlen("unacked") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.hlen("unacked") == 2
+
+    # Messages produced by release 1 wait in the queues.
+    ids = {
+        "misbound": [v1.charge.delay(i, 10.0 * i).id for i in (1, 2, 3)],
+        "runs": [
+            v1.charge.apply_async(kwargs={"order_id": 4, "amount": 40.0}).id,
+            v1.charge.apply_async(kwargs={"order_id": 5, "amount": 50.0}).id,
+            v1.report.delay(9).id,
+            v1.report.delay(10).id,
+            v1.report.apply_async((8,), priority=5).id,
+            v1.email.apply_async(("a@example.com",), {"subject": "kw"}).id,
+        ],
+        "fails": [
+            v1.notify.delay(5).id,
+            v1.notify.delay(7).id,
+            v1.email.delay("b@example.com", "positional").id,
+        ],
+        "discarded": [v1.legacy_sync.delay("acc-1").id, v1.legacy_sync.delay("acc-2").id],
+    }
+
+    def task_data() -> dict[bytes, bytes]:
+        """Every key holding task messages or their routing (remote-control bookkeeping aside,
+        which the live worker itself rewrites all the time)."""
+        skip = (b"celery-task-meta", b"_kombu.binding_deadlines", b"ledger")
+        return {k: client.dump(k) for k in client.keys("*") if not k.startswith(skip) and b"pidbox" not in k}
+
+    chained = chain(v1.report.s(4), v1.notify.s()).delay()
+    ids["fails"].append(chained.parent.id)
+    before = task_data()
+    assert b"unacked" in before and b"celery" in before and b"emails" in before
+
+    result = deploykit(
+        "scan",
+        "-A",
+        "tests.apps.shop_v2",
+        "-b",
+        redis_url,
+        "--manifest",
+        str(old_manifest),
+        "--json",
+        env=env,
+    )
+    assert result.returncode == 1, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["schema"] == "deploykit.scan/1"
+
+    # The scan read without consuming or reordering anything: every key byte for byte.
+    assert task_data() == before
+
+    messages = {}
+    beat = {}
+    for group in doc["groups"]:
+        for location, count in group["locations"].items():
+            target = beat if location.startswith("beat:") else messages
+            target[group["verdict"]] = target.get(group["verdict"], 0) + count
+    assert messages == {"runs": 7, "misbound": 3, "fails": 5, "discarded": 2}
+    assert beat == {"runs": 1, "fails": 1}
+    assert doc["totals"]["breaking"] == 11
+    by_task = {(g["task"], g["verdict"]): g for g in doc["groups"]}
+    assert "channel" in next(iter(by_task[("shop.notify", "fails")]["reasons"]))
+    assert by_task[("shop.charge", "misbound")]["count"] == 3
+    assert by_task[("shop.legacy_sync", "discarded")]["count"] == 2
+    eta_group = by_task[("shop.notify", "fails")]
+    assert any(loc.startswith("unacked:") for loc in eta_group["locations"])
+    assert eta_group["earliest_eta"] is not None
+
+    # Now really deploy release 2 and compare.
+    worker.stop(timeout=30)  # warm shutdown: its ETA tasks go back to the queue
+    start_workers(redis_url, [("v2@dk", ("celery", "emails", "eta"))], app="tests.apps.shop_v2", env=env)
+    expected_done = sum(len(v) for v in ids.values()) + len(eta_ids) + 1  # + the chain's child
+    deadline = time.monotonic() + ETA_SECONDS + 40
+    while time.monotonic() < deadline:
+        results = _results(client)
+        if len(results) >= expected_done:
+            break
+        time.sleep(0.5)
+    results = _results(client)
+    failures = [m for m in results.values() if m["status"] == "FAILURE"]
+    type_errors = [m for m in failures if m["result"]["exc_type"] == "TypeError"]
+    not_registered = [m for m in failures if m["result"]["exc_type"] == "NotRegistered"]
+    # Each message predicted to fail failed with TypeError. The chain's parent ran, then sending
+    # its next step raised TypeError (Celery checks arguments at apply_async), and Celery also
+    # marks that child as failed: one message, two failed results.
+    predicted = set(ids["fails"]) | {eta_ids[1]}
+    assert len(predicted) == messages["fails"]
+    assert {m["task_id"] for m in type_errors} == predicted | {chained.id}
+    assert results[eta_ids[0]]["status"] == "SUCCESS"
+    assert len(not_registered) == messages["discarded"]
+    assert {m["task_id"] for m in not_registered} == set(ids["discarded"])
+    ledger = [json.loads(x) for x in client.lrange("ledger", 0, -1)]
+    swapped = [e for e in ledger if e["task"] == "shop.charge" and isinstance(e["order_id"], float)]
+    assert len(swapped) == messages["misbound"]
+    for task_id in ids["runs"]:
+        assert results[task_id]["status"] == "SUCCESS"
