@@ -29,14 +29,12 @@ Interface decisions (see also :class:`RedisBroker`):
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from bisect import bisect
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any, ClassVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -55,6 +53,7 @@ from deploykit.brokers.base import (
 )
 from deploykit.config import Redactor, mask_url
 from deploykit.errors import Unavailable, UsageError
+from deploykit.messages import loads_json
 
 #: kombu defaults (``Channel.sep``, ``PRIORITY_STEPS``, ``Channel.visibility_timeout``,
 #: ``Channel.unacked_key``, ``Channel.unacked_index_key``), the same since kombu 4.
@@ -161,7 +160,7 @@ def _raw_message(
 
 def _parse(data: bytes) -> Any:
     try:
-        return json.loads(data)
+        return loads_json(data)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
@@ -451,7 +450,7 @@ class RedisBroker(Broker):
                 float(score) if isinstance(score, (int, float)) else None,
             )
             if message.delivery_tag is None:
-                message = replace(message, delivery_tag=tag)
+                message = message._replace(delivery_tag=tag)
             yield message
 
     # ---------------------------------------------------------------------------- peeking

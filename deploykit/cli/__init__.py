@@ -48,10 +48,11 @@ def root(
 
 from deploykit.cli import inspect as _inspect  # noqa: E402,F401  (registers commands)
 from deploykit.cli import manifest as _manifest  # noqa: E402,F401
+from deploykit.cli import scan as _scan  # noqa: E402,F401
+from deploykit.cli import orchestrate as _orchestrate  # noqa: E402,F401
+from deploykit.cli import health as _health  # noqa: E402,F401
 
 
 def main() -> None:
     """Console-script entry point."""
     app()
-from deploykit.cli import orchestrate as _orchestrate  # noqa: E402,F401
-from deploykit.cli import health as _health  # noqa: E402,F401
