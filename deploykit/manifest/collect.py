@@ -37,10 +37,33 @@ def describe(exc: BaseException) -> str:
     return _describe(exc)
 
 
+def _stable_repr(value: Any, depth: int = 0) -> str:
+    # Set order depends on PYTHONHASHSEED: sort the members' reprs so the manifest stays stable.
+    if depth < 20:
+        if type(value) in (set, frozenset):
+            members = sorted(_stable_repr(v, depth + 1) for v in value)
+            if not members:
+                return repr(value)
+            inner = "{" + ", ".join(members) + "}"
+            return inner if type(value) is set else f"frozenset({inner})"
+        if type(value) in (list, tuple) and any(
+            type(v) in (set, frozenset, list, tuple, dict) for v in value
+        ):
+            items = [_stable_repr(v, depth + 1) for v in value]
+            if type(value) is list:
+                return "[" + ", ".join(items) + "]"
+            return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+        if type(value) is dict and any(
+            type(v) in (set, frozenset, list, tuple, dict) for v in value.values()
+        ):
+            return "{" + ", ".join(f"{k!r}: {_stable_repr(v, depth + 1)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
 def safe_repr(value: Any) -> str:
-    """``repr(value)`` without memory addresses (stable across runs), never raising."""
+    """``repr(value)`` without memory addresses or set ordering (stable across runs), never raising."""
     try:
-        text = repr(value)
+        text = _stable_repr(value)
     except Exception:
         text = f"<{type(value).__name__}>"
     return _ADDRESS.sub("", text)

@@ -281,3 +281,26 @@ def test_django_project(tmp_path: Path) -> None:
         ("PARAM_KIND_CHANGED", "orders.archive", False),
     }
     assert deploykit(project, "manifest", "snapshot", "--check").returncode == 1
+
+
+def test_snapshot_bytes_do_not_depend_on_hash_seed(tmp_path: Path) -> None:
+    """Set defaults and beat args print in hash order; the manifest must not."""
+    (tmp_path / "seeded.py").write_text(
+        "from celery import Celery\n"
+        "app = Celery('seeded', broker='memory://', set_as_current=False)\n"
+        "app.conf.beat_schedule = {\n"
+        "    'e': {'task': 'seeded.t', 'schedule': 1.0, 'args': ({'x', 'y', 'z', 'w'},)},\n"
+        "}\n"
+        "@app.task\n"
+        "def t(tags=frozenset({'alpha', 'beta', 'gamma', 'delta'}), opts={'k': {'m', 'n', 'o'}}):\n"
+        "    pass\n"
+    )
+    outputs = set()
+    for seed in ("1", "2", "3"):
+        result = deploykit(
+            tmp_path, "-A", "seeded", "manifest", "snapshot", "-o", "-", env={"PYTHONHASHSEED": seed}
+        )
+        assert result.returncode == 0, result.stderr
+        outputs.add(result.stdout)
+    assert len(outputs) == 1
+    assert "frozenset({'alpha', 'beta', 'delta', 'gamma'})" in outputs.pop()
