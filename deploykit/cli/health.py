@@ -241,6 +241,8 @@ def probe(
                 )
             finally:
                 fleet.close()
+        if not report.results:
+            raise Unavailable("no queue has consumers (no worker answered): nothing to probe")
         if json_:
             from deploykit.output.doctor import probe_document
 

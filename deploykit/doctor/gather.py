@@ -20,6 +20,7 @@ from deploykit.doctor.model import (
     QueueDef,
     TaskPolicy,
 )
+from deploykit.errors import UsageError
 from deploykit.fleet.base import Fleet
 
 #: Task attributes asked from every worker (``inspect registered``), so per-task overrides count.
@@ -94,9 +95,10 @@ def source_from_app(app: Any) -> ConfigSource:
     settings = {**_defaults(), **_normalise(plain(conf.table(with_defaults=True)))}
     tasks = []
     try:
+        # Like a worker: import the task modules (``include``/``imports``, autodiscovery).
         app.loader.import_default_modules()
-    except Exception:  # pragma: no cover - the app imported once already; keep what is registered
-        pass
+    except Exception as exc:
+        raise UsageError(f"importing the app's task modules failed: {type(exc).__name__}: {exc}") from None
     for name, task in sorted(app.tasks.items()):
         tasks.append(
             TaskPolicy(

@@ -131,6 +131,9 @@ def test_probe_rabbitmq_and_cancelled_consumer(rabbitmq_url: str, start_workers:
     assert {"celery", "emails"} <= set(queues)
     assert all(q["status"] == "processed" and q["worker"] == "rw1@dk" for q in queues.values())
 
+    # No residue: the probe's event queue (auto-delete) is gone with its consumer.
+    assert [q for q in _rabbit_queues(rabbitmq_url) if "deploykit-probe" in q] == []
+
     cancel_consumer(rabbitmq_url, "emails", "rw1@dk")
     code, doc = probe_json("-A", APP, "-Q", "emails", "-Q", "celery", "--timeout", "5s", env=env)
     assert code == 1
@@ -138,6 +141,18 @@ def test_probe_rabbitmq_and_cancelled_consumer(rabbitmq_url: str, start_workers:
     assert by_queue(doc)["celery"]["status"] == "processed"
 
 
-def test_unreachable_broker_exits_69() -> None:
+def _rabbit_queues(url: str) -> list[str]:
+    import httpx
+
+    from tests.conftest import RABBIT_AUTH, RABBIT_MGMT
+
+    vhost = url.rsplit("/", 1)[1]
+    response = httpx.get(f"{RABBIT_MGMT}/api/queues/{vhost}", auth=RABBIT_AUTH, params={"columns": "name"})
+    return [q["name"] for q in response.json()]
+
+
+def test_unreachable_broker_or_no_worker_exits_69(redis_url: str) -> None:
     result = deploykit("probe", "-b", f"redis://127.0.0.1:{free_port()}/0", env={})
     assert result.returncode == 69, result.stderr
+    nobody = deploykit("probe", "-b", redis_url, env={})
+    assert nobody.returncode == 69 and "nothing to probe" in nobody.stderr
