@@ -35,6 +35,7 @@ from deploykit.orchestrate.common import (
     ProgressCallback,
     Timing,
     consumed_queues,
+    listed_mailboxes,
     no_progress,
     select_workers,
 )
@@ -328,7 +329,11 @@ class RestartMachine:
 
     def _wait_back(self) -> None:
         pending = [r for r in self.batch.restarts if r.back_after is None]
-        answered = set(self.fleet.ping([r.worker for r in pending]))
+        candidates = [r.worker for r in pending]
+        mailboxes = listed_mailboxes(self.broker, self.options.control_exchange)
+        if mailboxes is not None:  # ping only workers whose mailbox is up: a missed ping costs a timeout
+            candidates = [n for n in candidates if n in mailboxes]
+        answered = set(self.fleet.ping(candidates)) if candidates else set()
         elapsed = self.timing.clock() - self._step_started
         if answered:
             commands: dict[str, dict[str, Any]] = {"stats": {}}

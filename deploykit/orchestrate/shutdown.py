@@ -30,6 +30,7 @@ from deploykit.orchestrate.common import (
     Timing,
     consumed_queues,
     held_tasks,
+    listed_mailboxes,
     no_progress,
     select_workers,
 )
@@ -120,6 +121,7 @@ class ShutdownMachine:
         self.misses: dict[str, int] = {}
         self.gone: dict[str, float] = {}
         self.returned: int | None = None
+        self._mailbox_signal = False
         self.verified: bool | None = None
         self.message = ""
         self.notes: list[str] = []
@@ -178,6 +180,8 @@ class ShutdownMachine:
             self.held_ids.update(t.id for t in tasks if t.state != "active" and t.id)
             queues.update(consumed_queues(replies.get("active_queues", node)))
         self.queues = sorted(queues)
+        listed = listed_mailboxes(self.broker, self.options.control_exchange)
+        self._mailbox_signal = listed is not None and set(self.selected) <= listed
         if self.broker.kind == "redis":
             self.baseline_ids = self._unacked_ids()
         elif self.queues:
@@ -205,7 +209,15 @@ class ShutdownMachine:
 
     def _wait_gone(self) -> None:
         pending = [n for n in self.selected if n not in self.gone]
-        answered = set(self.fleet.ping(pending))
+        mailboxes = (
+            listed_mailboxes(self.broker, self.options.control_exchange) if self._mailbox_signal else None
+        )
+        if mailboxes is not None:
+            for node in pending:
+                if node not in mailboxes:  # its mailbox went away: the warm shutdown has begun
+                    self.gone[node] = self.clock.elapsed
+            pending = [n for n in pending if n not in self.gone]
+        answered = set(self.fleet.ping(pending)) if pending else set()
         for node in pending:
             if node in answered:
                 self.misses[node] = 0

@@ -86,7 +86,7 @@ def test_min_consumers_refuses_and_no_worker_is_69(redis_url, start_workers):
 
 
 def test_sigint_during_drain_puts_every_consumer_back(redis_url, start_workers):
-    start_workers(redis_url, [("w1@dk", ("celery", "emails"))])
+    (w1,) = start_workers(redis_url, [("w1@dk", ("celery", "emails"))])
     send(redis_url, SLEEP, (20,))
     wait_for(lambda: active_queues(redis_url, "w1@dk") == ["celery", "emails"])
     time.sleep(0.5)
@@ -98,6 +98,7 @@ def test_sigint_during_drain_puts_every_consumer_back(redis_url, start_workers):
     assert '"status": "interrupted"' in out and '"rolled_back": true' in out
     assert active_queues(redis_url, "w1@dk") == ["celery", "emails"]
     assert not _redis(redis_url).exists("deploykit:consumers:celery")
+    w1.kill()  # do not wait out the 20 s task at teardown
 
 
 def test_worker_sigkilled_during_drain_is_a_clear_failure(redis_url, start_workers):

@@ -7,90 +7,34 @@ ran exactly once, ETA tasks not before their ETA, and the JSON report matches su
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
-import xmlrpc.client
-from pathlib import Path
 
 import pytest
 
 from deploykit.orchestrate.adapters import supervisor_proxy
-from tests.orchestrate.live import ROOT, control, deploykit, producer, result_json, wait_for
+from tests.orchestrate.live import (
+    deploykit,
+    producer,
+    result_json,
+    start_supervisord,
+    stop_supervisord,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
 NODES = ("w1@dk", "w2@dk", "w3@dk")
 
 
-def _config(tmp: Path, broker_url: str, ledger: Path) -> Path:
-    programs = []
-    for node in NODES:
-        name = node.split("@")[0]
-        programs.append(
-            f"""
-[program:{name}]
-command={sys.executable} -m celery -A tests.apps.ledger worker -n {node} -c 1 -Q celery
-    --without-mingle --without-gossip --loglevel INFO
-directory={ROOT}
-environment=DEPLOYKIT_TEST_BROKER="{broker_url}",DEPLOYKIT_TEST_LEDGER="{ledger}",PYTHONUNBUFFERED="1"
-autostart=true
-autorestart=unexpected
-startsecs=1
-stopsignal=TERM
-stopwaitsecs=30
-stopasgroup=true
-killasgroup=true
-redirect_stderr=true
-stdout_logfile={tmp}/{name}.log
-"""
-        )
-    conf = tmp / "supervisord.conf"
-    conf.write_text(
-        f"""
-[unix_http_server]
-file={tmp}/supervisor.sock
-
-[supervisord]
-logfile={tmp}/supervisord.log
-pidfile={tmp}/supervisord.pid
-childlogdir={tmp}
-nodaemon=true
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-"""
-        + "".join(programs)
-    )
-    return conf
-
-
 @pytest.fixture
 def supervised(redis_url, tmp_path):
     ledger = tmp_path / "ledger.jsonl"
-    conf = _config(tmp_path, redis_url, ledger)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=tmp_path,
-    )
-    url = f"unix://{tmp_path}/supervisor.sock"
+    proc, url = start_supervisord(tmp_path, redis_url, ledger, NODES)
     try:
-        wait_for(lambda: (tmp_path / "supervisor.sock").exists(), timeout=20)
-        wait_for(lambda: len(control(redis_url).ping(timeout=0.5) or []) == 3, timeout=60, interval=0.5)
         yield url, ledger
     finally:
-        try:
-            supervisor_proxy(url).supervisor.shutdown()
-        except (OSError, xmlrpc.client.Error):
-            proc.terminate()
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_supervisord(proc, url)
 
 
 def test_rolling_restart_under_supervisord_runs_every_task_exactly_once(redis_url, supervised):

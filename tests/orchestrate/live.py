@@ -92,3 +92,83 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20, interval: float 
 
 def succeeded(log: str) -> int:
     return log.count(" succeeded in ")
+
+
+def supervisord_config(tmp: Path, broker_url: str, ledger: Path, nodes: tuple[str, ...]) -> Path:
+    """A supervisord.conf (unix socket in ``tmp``) running one ``tests.apps.ledger`` worker per node."""
+    programs = []
+    for node in nodes:
+        name = node.split("@")[0]
+        programs.append(
+            f"""
+[program:{name}]
+command={sys.executable} -m celery -A tests.apps.ledger worker -n {node} -c 1 -Q celery
+    --without-mingle --without-gossip --loglevel INFO
+directory={ROOT}
+environment=DEPLOYKIT_TEST_BROKER="{broker_url}",DEPLOYKIT_TEST_LEDGER="{ledger}",PYTHONUNBUFFERED="1"
+autostart=true
+autorestart=unexpected
+startsecs=1
+stopsignal=TERM
+stopwaitsecs=30
+stopasgroup=true
+killasgroup=true
+redirect_stderr=true
+stdout_logfile={tmp}/{name}.log
+"""
+        )
+    conf = tmp / "supervisord.conf"
+    conf.write_text(
+        f"""
+[unix_http_server]
+file={tmp}/supervisor.sock
+
+[supervisord]
+logfile={tmp}/supervisord.log
+pidfile={tmp}/supervisord.pid
+childlogdir={tmp}
+nodaemon=true
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+"""
+        + "".join(programs)
+    )
+    return conf
+
+
+def start_supervisord(tmp: Path, broker_url: str, ledger: Path, nodes: tuple[str, ...]) -> tuple[Any, str]:
+    """Start supervisord in the foreground (a child process); wait until every worker answers."""
+    conf = supervisord_config(tmp, broker_url, ledger, nodes)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp,
+    )
+    url = f"unix://{tmp}/supervisor.sock"
+    try:
+        wait_for(lambda: (tmp / "supervisor.sock").exists(), timeout=20)
+        wait_for(
+            lambda: len(control(broker_url).ping(timeout=0.5) or []) == len(nodes), timeout=60, interval=0.5
+        )
+    except BaseException:
+        stop_supervisord(proc, url)
+        raise
+    return proc, url
+
+
+def stop_supervisord(proc: Any, url: str) -> None:
+    import xmlrpc.client
+
+    from deploykit.orchestrate.adapters import supervisor_proxy
+
+    try:
+        supervisor_proxy(url).supervisor.shutdown()
+    except (OSError, xmlrpc.client.Error):
+        proc.terminate()
+    try:
+        proc.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -137,6 +137,19 @@ class SimFleet(FakeFleet):
         return [args for command, args in self.calls if command == name]
 
 
-def broker(**kwargs: Any) -> FakeBroker:
+class SimBroker(FakeBroker):
+    """A fake broker that lists the mailboxes of the simulated fleet's live workers."""
+
+    fleet: SimFleet | None = None
+
+    def worker_mailboxes(self, control_exchange: str = "celery") -> list[str] | None:
+        if self.fleet is None:
+            return None
+        return sorted(n for n, w in self.fleet.workers.items() if w.alive)
+
+
+def broker(fleet: SimFleet | None = None, **kwargs: Any) -> FakeBroker:
     kwargs.setdefault("mailboxes", None)
-    return FakeBroker(**kwargs)
+    fake = SimBroker(**kwargs)
+    fake.fleet = fleet
+    return fake

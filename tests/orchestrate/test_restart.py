@@ -59,7 +59,12 @@ def test_rolling_restart_in_batches_restarts_everyone_and_clears_the_record():
     records = MemoryRecordStore()
     starter = ReviveStarter(fleet)
     machine = RestartMachine(
-        fleet, broker(), records, starter, RestartOptions(batch=2, min_consumers=1), timing=clock.timing()
+        fleet,
+        broker(fleet),
+        records,
+        starter,
+        RestartOptions(batch=2, min_consumers=1),
+        timing=clock.timing(),
     )
     result = machine.run()
     assert result.status == "done" and result.exit_code == 0, result.message
@@ -78,7 +83,7 @@ def test_budget_refuses_a_batch_too_large_before_changing_anything():
     fleet = three(clock)
     result = RestartMachine(
         fleet,
-        broker(),
+        broker(fleet),
         MemoryRecordStore(),
         ReviveStarter(fleet),
         RestartOptions(batch=3, min_consumers=1),
@@ -93,7 +98,7 @@ def test_a_failed_start_stops_the_rollout_and_leaves_later_batches_untouched():
     fleet = three(clock)
     result = RestartMachine(
         fleet,
-        broker(),
+        broker(fleet),
         MemoryRecordStore(),
         ReviveStarter(fleet, fail_on="w2@h"),
         RestartOptions(batch=1),
@@ -111,7 +116,7 @@ def test_drain_timeout_in_a_batch_rolls_back_and_exits_3():
     fleet.workers["w1@h"].tasks = [("long", "active", None)]
     result = RestartMachine(
         fleet,
-        broker(),
+        broker(fleet),
         MemoryRecordStore(),
         ReviveStarter(fleet),
         RestartOptions(drain_timeout=2.0),
@@ -127,7 +132,7 @@ def test_manifest_mismatch_fails_and_dry_run_changes_nothing():
     fleet = three(clock)
     result = RestartMachine(
         fleet,
-        broker(),
+        broker(fleet),
         MemoryRecordStore(),
         ReviveStarter(fleet),
         RestartOptions(expected_tasks=frozenset({"t", "new.task"})),
@@ -139,7 +144,7 @@ def test_manifest_mismatch_fails_and_dry_run_changes_nothing():
     fleet2 = three(clock2)
     plan = RestartMachine(
         fleet2,
-        broker(),
+        broker(fleet2),
         MemoryRecordStore(),
         ReviveStarter(fleet2),
         RestartOptions(batch=2, dry_run=True),
@@ -160,7 +165,7 @@ def test_start_timeout_is_exit_3():
 
     result = RestartMachine(
         fleet,
-        broker(),
+        broker(fleet),
         MemoryRecordStore(),
         Silent(fleet),
         RestartOptions(start_timeout=5),
