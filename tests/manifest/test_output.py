@@ -1,0 +1,75 @@
+"""Renderers: escaping and limits that the CLI tests do not reach."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from deploykit.manifest.check import Report
+from deploykit.manifest.rules import Finding, Level
+from deploykit.output import findings as out
+
+
+def _report(*items: Finding, fail_on: str = "error") -> Report:
+    return Report(command="diff", old="a.json", new="b.json", findings=items, fail_on=fail_on, tasks_old=1)
+
+
+TRICKY = Finding(
+    rule="PARAM_REMOVED",
+    level=Level.ERROR,
+    task="billing:charge,v2",
+    message="100% broken\nreally | truly",
+    hint="keep it",
+    file="src/billing.py",
+    line=7,
+    parameter="amount",
+)
+
+
+def test_github_annotation_escaping_and_prefix() -> None:
+    text = out.github(_report(TRICKY), prefix="services/shop")
+    first = text.splitlines()[0]
+    assert first.startswith(
+        "::error file=services/shop/src/billing.py,line=7,title=PARAM_REMOVED (billing%3Acharge%2Cv2)::"
+    )
+    assert "100%25 broken%0Areally | truly Hint: keep it" in first
+    assert text.splitlines()[-1].startswith("deploykit diff: 1 error,")
+
+
+def test_suppressed_findings_are_not_annotated_but_listed() -> None:
+    report = _report(TRICKY.suppress("inline"))
+    assert not report.failed
+    assert not out.github(report).startswith("::")
+    assert json.loads(out.gitlab(report)) == []
+    table = out.markdown(report)
+    assert "error (suppressed: inline)" in table
+    assert "really \\| truly" in table
+    assert "(suppressed: inline)" in out.text(report)
+
+
+def test_fail_on_levels() -> None:
+    warning = Finding("ROUTE_CHANGED", Level.WARNING, "t", "m", "h")
+    assert not _report(warning).failed
+    assert _report(warning, fail_on="warning").failed
+    assert not _report(warning, fail_on="never").failed
+    assert _report(Finding("TASK_ADDED", Level.INFO, "t", "m", "h"), fail_on="info").failed
+
+
+def test_step_summary_is_capped(tmp_path: Path) -> None:
+    many = tuple(
+        Finding("PARAM_REMOVED", Level.ERROR, f"task.{i}", "x" * 500, "y" * 500, file="t.py", line=i + 1)
+        for i in range(3000)
+    )
+    summary = tmp_path / "summary.md"
+    summary.write_text("earlier step\n")
+    out.write_step_summary(_report(*many), summary)
+    text = summary.read_text()
+    assert text.startswith("earlier step\n")
+    assert len(text.encode()) < 1024 * 1024
+    assert text.rstrip().endswith("for every finding._")
+
+
+def test_gitlab_fingerprints_ignore_wording() -> None:
+    reworded = Finding(**{**TRICKY.__dict__, "message": "other words"})
+    assert out.fingerprint(reworded) == out.fingerprint(TRICKY)
+    assert out.fingerprint(Finding(**{**TRICKY.__dict__, "parameter": "currency"})) != out.fingerprint(TRICKY)
