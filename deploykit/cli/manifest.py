@@ -325,3 +325,21 @@ def check(
         report = check_code(path, settings.app, _root(settings), ignore=ignore, fail_on=level, app=user_app)
         # Issue 4 (`check --broker`) adds the broker scan's findings to this same report here.
         emit_report(report, chosen, extra, root=_root(settings), manifest=str(path))
+
+
+@manifest_app.command("rules")
+def rules(json_: JsonOpt = False) -> None:
+    """List the rule IDs that diff and check report, with their default level."""
+    from deploykit.manifest.rules import RULES
+
+    if json_:
+        emit_json(
+            {
+                "schema": "deploykit.rules/1",
+                "rules": [{"id": r.id, "level": r.level.value, "summary": r.summary} for r in RULES.values()],
+            }
+        )
+        return
+    width = max(len(rule_id) for rule_id in RULES)
+    for rule in RULES.values():
+        typer.echo(f"{rule.id:<{width}}  {rule.level.value:<7}  {rule.summary}")

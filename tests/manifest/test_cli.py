@@ -304,3 +304,13 @@ def test_snapshot_bytes_do_not_depend_on_hash_seed(tmp_path: Path) -> None:
         outputs.add(result.stdout)
     assert len(outputs) == 1
     assert "frozenset({'alpha', 'beta', 'delta', 'gamma'})" in outputs.pop()
+
+
+def test_rules_listing(tmp_path: Path) -> None:
+    from deploykit.manifest.rules import RULES
+
+    result = deploykit(tmp_path, "manifest", "rules", "--json")
+    assert result.returncode == 0
+    listed = json.loads(result.stdout)["rules"]
+    assert [r["id"] for r in listed] == list(RULES)
+    assert {r["level"] for r in listed} == {"error", "warning", "info"}
