@@ -106,7 +106,8 @@ def diff_parameters(old: Task, new: Task) -> Iterator[Finding]:
             "PARAM_RENAMED",
             task,
             f"Parameter '{gone.name}' was renamed to '{came.name}': queued messages passing "
-            f"{gone.name}= fail with TypeError on new workers{positional}.",
+            f"{gone.name}= fail with TypeError on new workers{positional}, and old workers reject new "
+            f"messages passing {came.name}=.",
             f"Keep '{gone.name}' as an optional alias next to '{came.name}' for one release "
             "(both with defaults), then drop it once no queued message uses the old name.",
             parameter=came.name,
@@ -132,7 +133,8 @@ def diff_parameters(old: Task, new: Task) -> Iterator[Finding]:
             "PARAM_REMOVED",
             task,
             f"Parameter '{gone.name}' was removed: queued messages that pass it fail with TypeError "
-            "on new workers.",
+            "on new workers"
+            + (", and old workers fail on new messages that omit it." if gone.required else "."),
             f"Keep accepting '{gone.name}' (with a default, unused) for one release and remove it once "
             "no queued message carries it; or absorb it with *args/**kwargs.",
             parameter=gone.name,
@@ -149,8 +151,8 @@ def diff_parameters(old: Task, new: Task) -> Iterator[Finding]:
                 "PARAM_MOVED",
                 task,
                 f"Positional parameter '{name}' moved from position {old_index + 1} to {new_index + 1}: "
-                "queued messages with positional args bind their values to the wrong parameters, "
-                "silently.",
+                "queued messages with positional args bind their values to the wrong parameters on new "
+                "workers (and new messages on old workers), silently.",
                 "Keep the positional order: add new parameters at the end with defaults, or make them "
                 "keyword-only (after *).",
                 parameter=name,
@@ -217,7 +219,7 @@ def diff_parameters(old: Task, new: Task) -> Iterator[Finding]:
                 "PARAM_ADDED_REQUIRED",
                 task,
                 f"Required parameter '{came.name}' was added: every queued message for this task lacks it "
-                "and fails with TypeError on new workers.",
+                "and fails with TypeError on new workers, and old workers reject new messages that pass it.",
                 f"Give '{came.name}' a default value (e.g. {came.name}=None) so old messages still bind.",
                 parameter=came.name,
                 file=file,
