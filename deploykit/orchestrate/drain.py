@@ -486,7 +486,13 @@ class DrainMachine:
         """Re-add every consumer this drain cancelled; drop them from the record once confirmed."""
         if not self.cancelled:
             return
-        self.not_restored = restore_consumers(self.fleet, self.records, self.cancelled, self.timing)
+        # An interrupt can land in the middle of a broker round trip: start from a fresh connection.
+        self.fleet.close()
+        try:
+            self.not_restored = restore_consumers(self.fleet, self.records, self.cancelled, self.timing)
+        except Exception as exc:  # the record keeps them: `deploykit resume` finishes the job
+            self.not_restored = list(self.cancelled)
+            self.notes.append(f"could not re-add the consumers: {exc}")
         self.rolled_back = True
 
     # -- result -----------------------------------------------------------------------------

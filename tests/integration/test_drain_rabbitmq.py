@@ -30,6 +30,12 @@ def test_drain_resume_and_shutdown_on_rabbitmq(rabbitmq_url, rabbitmq_vhost, sta
         send(rabbitmq_url, "tests.apps.basic.sleep", (1.0,))
     wait_for(lambda: "] received" in w1.log())
 
+    # management API down: the record cannot be written, so nothing is cancelled (exit 69)
+    down = deploykit(rabbitmq_url, "drain", "--management-url", "http://guest:s3cret@127.0.0.1:9/")
+    assert down.returncode == 69, down.stderr
+    assert "deploykit record" in down.stderr and "s3cret" not in down.stderr
+    assert active_queues(rabbitmq_url, "w1@dk") == ["celery"]
+
     proc = deploykit(rabbitmq_url, "drain", "--timeout", "60s", "--json")
     doc = result_json(proc)
     assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,112 @@
+"""The record stores (expiry, errors) and the progress display."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import httpx
+import pytest
+
+from deploykit.brokers.base import RawMessage
+from deploykit.brokers.records import ConsumerRecord, FileRecordStore, RabbitMQRecordStore
+from deploykit.errors import Unavailable
+from deploykit.orchestrate.common import Progress
+from deploykit.orchestrate.shutdown import ShutdownMachine, ShutdownOptions
+from deploykit.output.progress import ProgressDisplay
+from tests.orchestrate.sim import FakeClock, SimFleet, SimWorker, broker
+
+A = ConsumerRecord("w1@h", "celery", {"name": "celery"}, "d1", 5.0)
+B = ConsumerRecord("w2@h", "emails", {"name": "emails"}, "d1", 5.0)
+
+
+def test_file_record_store_round_trip_and_expiry(tmp_path):
+    now = [1000.0]
+    store = FileRecordStore(tmp_path / "r.json", ttl=60, now=lambda: now[0])
+    store.add([A, B])
+    store.remove([B])
+    assert store.load() == [A]
+    now[0] += 61
+    assert store.load() == []
+
+
+def test_rabbitmq_record_store_keeps_a_global_parameter_and_expires_it():
+    params: dict[str, dict] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        name = request.url.path.rsplit("/", 1)[-1]
+        if request.method == "GET":
+            return httpx.Response(200, json=params[name]) if name in params else httpx.Response(404)
+        if request.method == "PUT":
+            params[name] = json.loads(request.content)
+            return httpx.Response(201)
+        params.pop(name, None)
+        return httpx.Response(204)
+
+    now = [1000.0]
+    client = httpx.Client(transport=httpx.MockTransport(handler), base_url="http://mgmt")
+    store = RabbitMQRecordStore(client, "deploykit-consumers./.celery", ttl=60, now=lambda: now[0])
+    store.add([A])
+    store.add([B])
+    assert [r.key for r in store.load()] == [A.key, B.key]
+    (value,) = params.values()
+    assert value["value"]["expires_at"] == 1060
+    store.remove([A, B])
+    assert params == {}  # an empty record is deleted, not kept
+    store.add([A])
+    now[0] += 61
+    assert store.load() == []
+
+    denied = RabbitMQRecordStore(
+        httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(401)), base_url="http://m"), "x"
+    )
+    with pytest.raises(Unavailable, match="administrator"):
+        denied.load()
+
+
+def test_progress_plain_lines_show_remaining_rate_elapsed_and_eta():
+    out = io.StringIO()
+    display = ProgressDisplay(out, tty=False, interval=100, clock=lambda: 0.0)
+    display(Progress("drain", 10, 0.0, 10, "active 2, reserved 8"))
+    display(Progress("drain", 10, 1.0, 10))  # unchanged: not repeated
+    display(Progress("drain", 6, 2.0, 10))
+    display(Progress("drain", 0, 4.0, 10))
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("drain: 10 left (active 2, reserved 8) · rate -")
+    assert len(lines) == 3
+    assert lines[1] == "drain: 6 left · 2.00/s · elapsed 2s · ETA 3s"
+    assert lines[2].endswith("done")
+
+    tty = io.StringIO()
+    live = ProgressDisplay(tty, tty=True)
+    live(Progress("drain", 1, 0.0))
+    live.finish()
+    assert tty.getvalue().startswith("\r\x1b[2K") and tty.getvalue().endswith("\n")
+
+
+def test_shutdown_on_redis_sees_the_mailbox_go_and_counts_what_left_unacked():
+    clock = FakeClock()
+    fleet = SimFleet(
+        clock, {"w1@h": SimWorker(["celery"], [("r1", "reserved", None), ("e1", "scheduled", None)])}
+    )
+    fake = broker(fleet)
+
+    def unacked(task_id: str) -> RawMessage:
+        return RawMessage(
+            "unacked", "celery", {"id": task_id}, {}, "", None, None, None, 0, delivery_tag=task_id
+        )
+
+    fake.unacked = [unacked("r1"), unacked("e1")]
+    machine = ShutdownMachine(fleet, fake, ShutdownOptions(timeout=10), timing=clock.timing())
+    for _ in range(3):
+        machine.step()
+    assert machine.state.value == "wait-gone"
+    machine.step()
+    assert machine.state.value == "verify"
+    sent = next(i for i, (command, _) in enumerate(fleet.calls) if command == "shutdown")
+    assert [c for c, _ in fleet.calls[sent:]] == ["shutdown"]  # gone seen from the mailbox: no ping wait
+    machine.step()  # still unacked: not verified yet
+    assert machine.state.value == "verify"
+    fake.unacked = []  # the worker's restore_unacked_once ran
+    result = machine.run()
+    assert result.status == "done" and result.returned == 2 == result.held and result.verified
