@@ -392,7 +392,7 @@ def diff_beat(old: Manifest, new: Manifest) -> Iterator[Finding]:
         yield finding(
             "BEAT_ARGS_UNBOUND",
             entry.task,
-            f"Beat entry '{entry.name}'{note} calls {entry.task}{_call_text(entry)}, which no longer binds "
+            f"Beat entry '{entry.name}'{note} calls {entry.task}{_call_text(entry)}, which does not bind "
             f"to {target.signature_text()}: {error}; every run fails with TypeError.",
             "Change the beat entry's args/kwargs in the same release, or keep the signature compatible.",
             beat_entry=entry.name,
