@@ -97,15 +97,17 @@ def acks_late_tasks(source: ConfigSource) -> list[str] | None:
 def longest_runtime(source: ConfigSource) -> tuple[float | None, str | None]:
     """The longest a task may run under its time limits, and which task that is."""
     best: tuple[float | None, str | None] = (None, None)
+    # The worker applies task_time_limit to tasks without their own limit (older Celery versions
+    # do not copy it onto the task class).
+    default = seconds(source.get("task_time_limit")) or seconds(source.get("task_soft_time_limit"))
     tasks = user_tasks(source)
     if tasks:
         for task in tasks:
-            bound = task.runtime_bound
+            bound = task.runtime_bound or default
             if bound is not None and (best[0] is None or bound > best[0]):
                 best = (bound, task.name)
         return best
-    bound = seconds(source.get("task_time_limit")) or seconds(source.get("task_soft_time_limit"))
-    return (bound, "every task (task_time_limit)") if bound else (None, None)
+    return (default, "every task (task_time_limit)") if default else (None, None)
 
 
 def longest_runtime_all(audit: Audit) -> tuple[float | None, str | None]:
@@ -609,9 +611,7 @@ def check_process_managers(audit: Audit) -> Iterator[Finding]:
                 "The pool's child processes receive the signal too and die in the middle of their "
                 "tasks instead of letting the main process run a warm shutdown (celery#2700): "
                 "running tasks are lost or re-run.",
-                "supervisor: stopasgroup = false (killasgroup = true is fine: it only applies to the "
-                "final SIGKILL); systemd: KillMode = mixed (SIGTERM to the main process, SIGKILL "
-                "to the rest only at the timeout).",
+                _GROUP_FIX.get(entry.kind, _GROUP_FIX["systemd"]),
                 where=where,
                 file=entry.path,
                 line=entry.line,
@@ -625,8 +625,8 @@ def check_process_managers(audit: Audit) -> Iterator[Finding]:
                 "SIGKILL cannot be handled: no warm shutdown, running early-acked tasks are lost, "
                 "reserved and ETA tasks are not returned (Redis keeps them until the visibility "
                 "timeout).",
-                "Stop with SIGTERM (supervisor stopsignal = TERM, systemd KillSignal = SIGTERM) and "
-                "give it a stop timeout longer than the longest task.",
+                f"Stop with SIGTERM ({_SIGNAL_SETTING.get(entry.kind, 'the default stop signal')}) "
+                "and give it a stop timeout longer than the longest task.",
                 where=where,
                 file=entry.path,
                 line=entry.line,
@@ -660,6 +660,19 @@ def check_process_managers(audit: Audit) -> Iterator[Finding]:
                 file=entry.path,
                 line=entry.line,
             )
+
+
+_GROUP_FIX = {
+    "supervisor": "Set stopasgroup = false (killasgroup = true is fine: it only applies to the final "
+    "SIGKILL, and cleans up orphaned pool processes).",
+    "systemd": "Set KillMode=mixed in [Service]: SIGTERM goes to the main process only, SIGKILL to "
+    "the rest of the group only when TimeoutStopSec expires.",
+}
+_SIGNAL_SETTING = {
+    "supervisor": "stopsignal = TERM",
+    "systemd": "KillSignal=SIGTERM",
+    "kubernetes": "remove lifecycle.stopSignal or set it to SIGTERM",
+}
 
 
 def _stop_timeout_fix(entry: ProcessManagerEntry, bound: float) -> str:

@@ -55,8 +55,10 @@ def cancel_consumer(broker_url: str, queue: str, node: str) -> None:
     while time.monotonic() < deadline:  # cancel_consumer runs with call_soon on the worker
         active = app.control.inspect(destination=[node], timeout=2).active_queues() or {}
         if queue not in {q["name"] for q in active.get(node, [])}:
+            app.close()
             return
         time.sleep(0.2)
+    app.close()
     raise AssertionError(f"{node} still consumes {queue}")
 
 
@@ -109,6 +111,7 @@ def test_stuck_worker_is_reported_as_not_processing(redis_url: str, start_worker
 
     producer = Celery("producer", broker=redis_url, set_as_current=False)
     producer.send_task("tests.apps.configurable.sleep", args=[30])
+    producer.close()
     deadline = time.monotonic() + 10
     while "tests.apps.configurable.sleep" not in worker.log() and time.monotonic() < deadline:
         time.sleep(0.1)
