@@ -505,3 +505,98 @@ def restart(
                     )
                     _say(f"    {r.worker} (pid {r.old_pid}) → {r.target}{back}")
         _finish(result)
+
+
+# -- deploy -----------------------------------------------------------------------------------
+@app.command()
+def deploy(
+    ctx: typer.Context,
+    run: Annotated[
+        str,
+        typer.Option(
+            "--run",
+            metavar="'COMMAND'",
+            help="The deploy command, run once the old workers are stopped (split like a shell line, "
+            "run without a shell: write `sh -c '…'` for one).",
+        ),
+    ],
+    worker: WorkerOpt = None,
+    expect_workers: Annotated[
+        int | None,
+        typer.Option("--expect-workers", metavar="N", min=1, help="Workers that must answer afterwards."),
+    ] = None,
+    manifest: Annotated[
+        str | None,
+        typer.Option("--manifest", metavar="FILE", help="New workers must register exactly these tasks."),
+    ] = None,
+    wait_eta: Annotated[
+        bool, typer.Option("--wait-eta", help="Drain also waits for ETA tasks due in time.")
+    ] = False,
+    drain_timeout: Annotated[str, typer.Option("--drain-timeout", metavar="DURATION")] = "10m",
+    shutdown_timeout: Annotated[str, typer.Option("--shutdown-timeout", metavar="DURATION")] = "2m",
+    run_timeout: Annotated[str, typer.Option("--run-timeout", metavar="DURATION")] = "30m",
+    wait_timeout: Annotated[
+        str, typer.Option("--wait-timeout", metavar="DURATION", help="Until the new workers answer.")
+    ] = "5m",
+    record_ttl: RecordTtlOpt = "7d",
+    quiet: QuietOpt = False,
+    app_: AppOpt = None,
+    broker: BrokerOpt = None,
+    management_url: ManagementOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """One-shot release: drain → warm shutdown → run the deploy command → wait for the new workers.
+
+    Stop-the-world (for a rolling release use `restart`). Run `deploykit check` first to gate on
+    signature changes.
+
+    Exit codes: 0 deployed, 1 the command failed or new workers run other tasks than --manifest
+    (old workers are then stopped, their work back in the broker), 3 a step timed out, 69 no
+    selected worker answers, 130 interrupted.
+    """
+    from deploykit.cli.inspect import open_session
+    from deploykit.orchestrate.common import Timing
+    from deploykit.orchestrate.deploy import DeployMachine, DeployOptions, parse_command
+    from deploykit.orchestrate.restart import manifest_task_names
+
+    with handle_errors():
+        command = parse_command(run)
+        expected = manifest_task_names(manifest) if manifest else None
+        drain_s = _duration(drain_timeout, "--drain-timeout")
+        shutdown_s = _duration(shutdown_timeout, "--shutdown-timeout")
+        run_s = parse_duration(run_timeout, what="--run-timeout")
+        wait_s = parse_duration(wait_timeout, what="--wait-timeout")
+        flags = merged_flags(ctx, app_, broker, management_url, None)
+        with open_session(flags) as session:
+            records = _records(session, record_ttl)
+            display = _progress(quiet)
+            try:
+                options = DeployOptions(
+                    command=command,
+                    workers=tuple(worker or ()),
+                    drain_timeout=drain_s,
+                    shutdown_timeout=shutdown_s,
+                    command_timeout=run_s,
+                    wait_timeout=wait_s,
+                    expect_workers=expect_workers,
+                    expected_tasks=expected,
+                    wait_eta=wait_eta,
+                    control_exchange=session.control_exchange,
+                )
+                machine = DeployMachine(
+                    session.fleet, session.broker, records, options, timing=Timing(), progress=display
+                )
+                with interruptible():
+                    result = machine.run()
+            finally:
+                display.finish()
+                records.close()
+        if json_:
+            _emit("deploy", session, result)
+        else:
+            _say(f"{result.status}: {result.message}")
+            if result.stopped:
+                _say("  stopped: " + ", ".join(result.stopped))
+            if result.new_workers:
+                _say("  answering: " + ", ".join(result.new_workers))
+        _finish(result)

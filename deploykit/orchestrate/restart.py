@@ -347,7 +347,7 @@ class RestartMachine:
                 pid = stats.get("pid") if isinstance(stats, dict) else None
                 restart.new_pid = pid if isinstance(pid, int) else None
                 if self.options.expected_tasks is not None:
-                    problem = _task_mismatch(
+                    problem = task_mismatch(
                         replies.get("registered", restart.worker), self.options.expected_tasks
                     )
                     if problem:
@@ -408,7 +408,8 @@ def _state_for(exc: DeploykitError) -> str:
     }.get(exc.exit_code, "failed")
 
 
-def _task_mismatch(registered: Any, expected: frozenset[str]) -> str | None:
+def task_mismatch(registered: Any, expected: frozenset[str]) -> str | None:
+    """Why a `registered` reply does not match the expected task names, or ``None`` when it does."""
     if not isinstance(registered, list):
         return "no answer to 'registered'"
     names = {str(item).split(" ", 1)[0] for item in registered}
