@@ -381,6 +381,8 @@ class DrainMachine:
                 self._misses[node] = 0
                 self.last_held[node] = tasks
             for task in tasks:
+                if not self._from_drained_queue(task):
+                    continue
                 if task.state == "active":
                     active += 1
                 elif task.state == "reserved":
@@ -458,6 +460,19 @@ class DrainMachine:
             return
         left = self.clock.left
         self.timing.sleep(self.timing.tick if left is None else max(0.0, min(self.timing.tick, left)))
+
+    def _from_drained_queue(self, task: HeldTask) -> bool:
+        """With ``--queue``, the worker keeps consuming its other queues: wait only for this work.
+
+        A task's queue comes from its delivery info; once the consumer is cancelled the worker no
+        longer declares the queue, so the routing key is matched too. Unknown counts (be safe).
+        """
+        if not self.options.queues or task.queue is None:
+            return True
+        if task.queue in self.options.queues:
+            return True
+        keys = {str(r.spec.get("routing_key")) for r in self.plan if r.spec.get("routing_key")}
+        return task.queue in keys
 
     def _due_in_time(self, task: HeldTask, deadline_left: float | None) -> bool:
         if deadline_left is None or task.eta is None:

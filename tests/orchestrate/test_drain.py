@@ -247,3 +247,33 @@ def test_worker_patterns(pattern, node, expected):
     from deploykit.orchestrate.common import matches
 
     assert matches(node, (pattern,)) is expected
+
+
+def test_draining_one_queue_waits_only_for_that_queues_work():
+    clock = FakeClock()
+    w1 = SimWorker(["emails", "celery"])
+    fleet = fleet_of(clock, w1=w1)
+    original = fleet._reply
+    ends = clock.t + 1.0
+
+    def reply(node, command):
+        if command != "active":
+            return original(node, command)
+        running = [{"id": "c", "type": "t", "delivery_info": {"exchange": "celery", "routing_key": "celery"}}]
+        if clock.t < ends:  # an 'emails' task until +1 s; the 'celery' one never ends
+            running.append(
+                {"id": "e", "type": "t", "delivery_info": {"exchange": "emails", "routing_key": "emails"}}
+            )
+        return running
+
+    fleet._reply = reply
+    result = DrainMachine(
+        fleet,
+        broker(),
+        MemoryRecordStore(),
+        DrainOptions(queues=("emails",), timeout=5),
+        timing=clock.timing(),
+    ).run()
+    assert result.status == "drained", result.message
+    assert 1.0 <= result.elapsed < 1.5
+    assert w1.queues == ["celery"]
