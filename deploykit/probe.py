@@ -23,7 +23,7 @@ from typing import Any
 
 from deploykit.errors import Unavailable, UsageError
 from deploykit.fleet.base import Fleet
-from deploykit.inspection import QueueRow
+from deploykit.inspection import FleetView, QueueRow
 
 PROBE_TASK = "celery.accumulate"
 PROBE_ID_PREFIX = "deploykit-probe-"
@@ -142,6 +142,17 @@ def workers_without_results(confs: Mapping[str, Any]) -> list[str]:
         if not backend or scheme in {"rpc", "disabled"} or conf.get("task_ignore_result") is True:
             lacking.append(node)
     return lacking
+
+
+def consumers_of(fleet: Fleet, broker: Any, control_exchange: str = "celery") -> FleetView:
+    """The online workers and the queues they consume — and nothing else, so that a readiness
+    check stays fast even when workers hold thousands of reserved or ETA tasks."""
+    from deploykit.inspection import build_worker, discover
+
+    discovery = discover(fleet, broker, control_exchange)
+    replies = fleet.gather({"active_queues": {}}, list(discovery.nodes))
+    workers = tuple(build_worker(node, replies) for node in discovery.nodes)
+    return FleetView(workers=workers, discovery=discovery, partial=tuple(replies.missing))
 
 
 # --------------------------------------------------------------------------------------------

@@ -207,8 +207,8 @@ def probe(
     """Send a probe task through each queue and wait until a worker has really run it."""
     from deploykit.brokers import open_broker
     from deploykit.fleet import control_exchange, open_fleet
-    from deploykit.inspection import app_queue_names, collect_fleet, collect_queues
-    from deploykit.probe import run_probe
+    from deploykit.inspection import app_queue_names, collect_queues
+    from deploykit.probe import consumers_of, run_probe
     from deploykit.userapp import bare_app
 
     with handle_errors():
@@ -221,8 +221,7 @@ def probe(
         with open_broker(settings) as opened_broker:
             fleet = open_fleet(settings, user_app)
             try:
-                exchange = control_exchange(user_app)
-                fleet_view = collect_fleet(fleet, opened_broker, exchange)
+                fleet_view = consumers_of(fleet, opened_broker, control_exchange(user_app))
                 view = collect_queues(opened_broker, fleet_view, app_queue_names(user_app), queue or ())
                 probe_app = user_app
                 if probe_app is None:
