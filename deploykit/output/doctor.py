@@ -85,22 +85,28 @@ def _summary_line(audit: Audit, findings: Sequence[Finding]) -> str:
 
 
 def render_doctor_text(audit: Audit, findings: Sequence[Finding], out: Any) -> None:
-    from rich.markup import escape
+    import textwrap
 
+    from rich.text import Text
+
+    indent = " " * 14
+    width = max(int(getattr(out, "width", 100) or 100), 60)
     for f in findings:
-        out.print(f"[{_STYLE[f.level]}]{_LABEL[f.level]}[/] [bold]{escape(f.id)}[/]  {escape(f.title)}")
+        heading = Text.assemble((_LABEL[f.level], _STYLE[f.level]), " ", (f.id, "bold"), "  ", f.title)
+        out.print(heading, soft_wrap=True)
         where = ", ".join(f.where)
         if f.file:
             where = f"{f.file}:{f.line}" if f.line else f.file
-        if where:
-            out.print(f"       where: {escape(where)}")
-        out.print(f"       why:   {escape(f.why)}")
-        out.print(f"       fix:   {escape(f.fix)}")
-        out.print(f"       docs:  {escape(f.docs)}")
+        for label, value in (("where:", where), ("why:", f.why), ("fix:", f.fix), ("docs:", f.docs)):
+            if value:
+                # Wrapped lines stay indented under their label (and carry no trailing spaces).
+                lines = textwrap.wrap(value, width=width - len(indent)) or [""]
+                first = f"       {label:<6} " + lines[0]
+                out.print(Text("\n".join([first, *(indent + line for line in lines[1:])])), soft_wrap=True)
         out.print("")
     for note in audit.notes:
-        out.print(f"note: {escape(note)}")
-    out.print(escape(_summary_line(audit, findings)))
+        out.print(Text(f"note: {note}"), soft_wrap=True)
+    out.print(Text(_summary_line(audit, findings)), soft_wrap=True)
 
 
 def _escape_data(text: str) -> str:
