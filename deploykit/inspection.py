@@ -455,8 +455,8 @@ def collect_scheduled(
                 0,
                 Hazard(
                     "ORPHANED_UNACKED",
-                    f"no live worker holds it (its worker died); back in the queue at {back_at:%Y-%m-%d %H:%M:%S}Z "
-                    "when the visibility timeout expires",
+                    "no live worker holds it (its worker died); back in the queue at "
+                    f"{back_at:%Y-%m-%d %H:%M:%S}Z when the visibility timeout expires",
                 ),
             )
         orphans.append(

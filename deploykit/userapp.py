@@ -37,7 +37,7 @@ def load_app(spec: str) -> Any:
     module_name, _, attribute = spec.partition(":")
     if not module_name or any(part == "" for part in module_name.split(".")):
         raise UsageError(f"invalid app {spec!r}: expected MODULE or MODULE:ATTRIBUTE")
-    cwd = os.getcwd()
+    cwd = os.getcwd()  # noqa: PTH109 - sys.path holds strings, as `celery -A` puts it there
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
     try:

@@ -46,12 +46,14 @@ def root(
     ctx.obj = State(CliFlags(app=app_, broker=broker, management_url=management_url, timeout=timeout))
 
 
-from deploykit.cli import inspect as _inspect  # noqa: E402,F401  (registers commands)
+# Registration order is the order of `deploykit --help`: inspection, manifest, scan, orchestration, health.
+# isort: off
+from deploykit.cli import inspect as _inspect  # noqa: E402,F401
 from deploykit.cli import manifest as _manifest  # noqa: E402,F401
 from deploykit.cli import scan as _scan  # noqa: E402,F401
 from deploykit.cli import orchestrate as _orchestrate  # noqa: E402,F401
 from deploykit.cli import health as _health  # noqa: E402,F401
-
+# isort: on
 
 def main() -> None:
     """Console-script entry point."""

@@ -191,6 +191,45 @@ def emit_report(
         raise typer.Exit(int(ExitCode.UNSAFE))
 
 
+def _with_broker_scan(
+    report: Report,
+    flags: CliFlags,
+    manifest: Path,
+    user_app: Any,
+    *,
+    peek: bool,
+    peek_limit: int,
+    force: bool,
+) -> Report:
+    """Add the waiting messages' verdicts (``deploykit scan``) to the check report as findings."""
+    import dataclasses
+
+    from deploykit.cli.scan import scan_broker
+    from deploykit.manifest.collect import collect_app
+    from deploykit.scan.findings import scan_findings
+
+    new = collect_app(user_app, Path.cwd())
+    scanned, described = scan_broker(
+        flags,
+        against=None,
+        old_manifest=manifest,
+        queues=None,
+        workers=True,
+        beat=True,
+        peek=peek,
+        peek_limit=peek_limit,
+        force=force,
+        oversize=1024 * 1024,
+        new_manifest=new,
+    )
+    notes = (
+        *report.notes,
+        f"broker {described['broker']}: {scanned.scanned} waiting message(s) checked",
+        *scanned.notes,
+    )
+    return dataclasses.replace(report, findings=(*report.findings, *scan_findings(scanned, new)), notes=notes)
+
+
 # --- commands --------------------------------------------------------------------------------
 
 
@@ -307,8 +346,27 @@ def check(
     json_: JsonOpt = False,
     fail_on: FailOnOpt = None,
     report_to: ReportOpt = None,
+    scan_broker: Annotated[
+        bool,
+        typer.Option(
+            "--broker",
+            help="Also check the messages already waiting on the broker (given with -b before the "
+            "command, or configured) against the live code, as WAITING_* findings.",
+        ),
+    ] = False,
+    peek: Annotated[
+        bool, typer.Option("--peek", help="With --broker: sample RabbitMQ queues (requeues them; see scan).")
+    ] = False,
+    peek_limit: Annotated[
+        int, typer.Option("--peek-limit", metavar="N", help="With --peek: per queue.")
+    ] = 100,
+    force: Annotated[bool, typer.Option("--force", help="With --peek: allow quorum queues.")] = False,
 ) -> None:
-    """CI gate: compare the committed manifest with the live code (exit 1 on findings at --fail-on)."""
+    """CI gate: compare the committed manifest with the live code (exit 1 on findings at --fail-on).
+
+    With --broker, also judge every waiting message (queues, worker-held, ETA, beat) against the
+    live code, like `deploykit scan`, and report what would fail, be discarded or misbind.
+    """
     from deploykit.manifest.check import check_code
 
     with handle_errors():
@@ -323,7 +381,10 @@ def check(
         model.read(path)  # a missing or corrupt manifest is reported before the app is imported
         settings, user_app = _settings(flags, need_app=True)
         report = check_code(path, settings.app, _root(settings), ignore=ignore, fail_on=level, app=user_app)
-        # Issue 4 (`check --broker`) adds the broker scan's findings to this same report here.
+        if scan_broker:
+            report = _with_broker_scan(
+                report, flags, path, user_app, peek=peek, peek_limit=peek_limit, force=force
+            )
         emit_report(report, chosen, extra, root=_root(settings), manifest=str(path))
 
 

@@ -51,6 +51,13 @@ _CATALOGUE = (
     Rule("OPTION_CHANGED", Level.INFO, "A deploy-relevant task option changed."),
     Rule("BEAT_TASK_MISSING", Level.ERROR, "A beat entry names a task that is not registered."),
     Rule("BEAT_ARGS_UNBOUND", Level.ERROR, "A beat entry's args/kwargs do not bind to the signature."),
+    # From `deploykit check --broker`: messages already waiting, judged against the new code.
+    Rule("WAITING_FAILS", Level.ERROR, "Messages already waiting would fail with TypeError on the new code."),
+    Rule(
+        "WAITING_DISCARDED", Level.ERROR, "Messages already waiting name a task the new code no longer has."
+    ),
+    Rule("WAITING_MISBOUND", Level.ERROR, "Messages already waiting would bind to other parameters."),
+    Rule("WAITING_UNDECIDABLE", Level.WARNING, "Messages already waiting could not be decoded and checked."),
 )
 
 #: Rule ID -> rule, in catalogue order.

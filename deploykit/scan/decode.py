@@ -18,9 +18,9 @@ import base64
 import binascii
 import bz2
 import lzma
-import zlib
-from collections.abc import Callable, Mapping, Sequence
 import sys
+import zlib
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from deploykit.brokers.base import RawMessage
@@ -222,7 +222,7 @@ def _embedded_calls(embed: Any) -> list[TaskCall]:
 
 def _b64decode(text: Any) -> bytes:
     if _STRICT_BASE64:
-        return binascii.a2b_base64(text, strict_mode=True)
+        return binascii.a2b_base64(text, strict_mode=True)  # type: ignore[call-arg,unused-ignore]  # 3.11+
     return base64.b64decode(text, validate=True)
 
 

@@ -1,4 +1,8 @@
-"""A small Celery app for integration tests; the broker comes from DEPLOYKIT_TEST_BROKER."""
+"""A small Celery app for integration tests; the broker comes from DEPLOYKIT_TEST_BROKER.
+
+Tasks are ``shared=False``: tests load this module more than once in one process, and shared
+tasks would be registered again on every app created afterwards.
+"""
 
 from __future__ import annotations
 
@@ -27,10 +31,18 @@ if os.environ.get("DEPLOYKIT_TEST_QUORUM"):
     app.conf.update(
         task_default_exchange_type="topic",
         task_queues=[
-            Queue("celery", Exchange("celery", type="topic"), routing_key="celery",
-                  queue_arguments={"x-queue-type": "quorum"}),
-            Queue("emails", Exchange("emails", type="topic"), routing_key="emails",
-                  queue_arguments={"x-queue-type": "quorum"}),
+            Queue(
+                "celery",
+                Exchange("celery", type="topic"),
+                routing_key="celery",
+                queue_arguments={"x-queue-type": "quorum"},
+            ),
+            Queue(
+                "emails",
+                Exchange("emails", type="topic"),
+                routing_key="emails",
+                queue_arguments={"x-queue-type": "quorum"},
+            ),
         ],
         broker_transport_options={"confirm_publish": True},
     )
@@ -40,17 +52,17 @@ if os.environ.get("DEPLOYKIT_TEST_TRANSPORT_OPTIONS"):
     app.conf.broker_transport_options = json.loads(os.environ["DEPLOYKIT_TEST_TRANSPORT_OPTIONS"])
 
 
-@app.task
+@app.task(shared=False)
 def add(x: int, y: int) -> int:
     return x + y
 
 
-@app.task
+@app.task(shared=False)
 def sleep(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
 
 
-@app.task
+@app.task(shared=False)
 def send_email(to: str, subject: str = "hello") -> str:
     return f"{to}:{subject}"

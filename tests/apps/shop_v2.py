@@ -18,22 +18,22 @@ app.conf.beat_schedule = {
 }
 
 
-@app.task(name="shop.charge")
+@app.task(name="shop.charge", shared=False)
 def charge(amount, order_id):
     record("shop.charge", order_id=order_id, amount=amount)
 
 
-@app.task(name="shop.notify")
+@app.task(name="shop.notify", shared=False)
 def notify(user_id, channel):
     record("shop.notify", user_id=user_id, channel=channel)
 
 
-@app.task(name="shop.report")
+@app.task(name="shop.report", shared=False)
 def report(account, period="month"):
     record("shop.report", account=account, period=period)
     return account
 
 
-@app.task(name="shop.email")
+@app.task(name="shop.email", shared=False)
 def email(to, *, subject="hi"):
     record("shop.email", to=to, subject=subject)

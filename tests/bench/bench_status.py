@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from deploykit.demo.processes import start_redis, start_worker, wait_for_workers  # noqa: E402
-from tests.bench.common import ROOT, time_command, write  # noqa: E402
+from deploykit.demo.processes import start_redis, start_worker, wait_for_workers
+from tests.bench.common import ROOT, time_command, write
 
 RUNS = int(os.environ.get("BENCH_RUNS", "10"))
 

@@ -30,9 +30,14 @@ def start_workers(tmp_path: Path) -> Iterator[Callable[..., list[WorkerProcess]]
     ) -> list[WorkerProcess]:
         workers = [
             start_worker(
-                app, nodename, queues=queues, concurrency=concurrency,
+                app,
+                nodename,
+                queues=queues,
+                concurrency=concurrency,
                 env={"DEPLOYKIT_TEST_BROKER": broker_url, **(env or {})},
-                cwd=ROOT, logdir=tmp_path, extra_args=extra_args,
+                cwd=ROOT,
+                logdir=tmp_path,
+                extra_args=extra_args,
             )
             for nodename, queues in specs
         ]

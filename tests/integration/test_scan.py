@@ -182,3 +182,42 @@ def test_scan_predicts_what_release_two_really_does(redis_url, start_workers, tm
     assert len(swapped) == messages["misbound"]
     for task_id in ids["runs"]:
         assert results[task_id]["status"] == "SUCCESS"
+
+
+def test_check_with_broker_adds_waiting_message_findings(redis_url, tmp_path):
+    env = {"DEPLOYKIT_TEST_BROKER": redis_url}
+    old_manifest = tmp_path / "v1.json"
+    _snapshot("tests.apps.shop_v1", old_manifest, env)
+    from celery import Celery
+
+    producer = Celery("producer", broker=redis_url, set_as_current=False)
+    producer.send_task("shop.notify", args=[1])
+    producer.send_task("shop.legacy_sync", args=["acc"])
+    producer.send_task("shop.report", args=[3])
+
+    plain = deploykit("check", "-A", "tests.apps.shop_v2", "--manifest", str(old_manifest), "--json", env=env)
+    assert plain.returncode == 1, plain.stderr
+    rules = {f["rule"] for f in json.loads(plain.stdout)["findings"]}
+    assert "PARAM_ADDED_REQUIRED" in rules and not any(r.startswith("WAITING_") for r in rules)
+
+    result = deploykit(
+        "-b",
+        redis_url,
+        "check",
+        "-A",
+        "tests.apps.shop_v2",
+        "--manifest",
+        str(old_manifest),
+        "--broker",
+        "--json",
+        env=env,
+    )
+    assert result.returncode == 1, result.stderr
+    doc = json.loads(result.stdout)
+    waiting = {(f["rule"], f["task"]) for f in doc["findings"] if f["rule"].startswith("WAITING_")}
+    # The beat schedule's hourly-notify entry fails too; the queued report message runs.
+    assert waiting == {("WAITING_FAILS", "shop.notify"), ("WAITING_DISCARDED", "shop.legacy_sync")}
+    notify = next(f for f in doc["findings"] if f["rule"] == "WAITING_FAILS")
+    assert notify["file"].endswith("tests/apps/shop_v2.py") and notify["line"]
+    assert "2 waiting message(s)" in notify["message"]
+    assert any("waiting message(s) checked" in note for note in doc["notes"])

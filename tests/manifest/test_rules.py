@@ -358,4 +358,5 @@ def test_rules(build, old: str, new: str, expected: list[str]) -> None:
 
 def test_table_covers_every_rule() -> None:
     covered = {e.split(":")[0] for case in CASES for e in case[3]}
-    assert covered == set(RULES)
+    # WAITING_* findings come from the broker scan (`check --broker`): tests/scan/test_findings.py.
+    assert covered == {rule for rule in RULES if not rule.startswith("WAITING_")}

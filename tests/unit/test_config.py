@@ -53,8 +53,9 @@ def test_app_broker_then_celery_broker_url(tmp_path):
         loaded.append(spec)
         return _app("amqp://app-user:secret@rabbit:5672/vh", {"visibility_timeout": 10})
 
-    settings, app = resolve_settings(CliFlags(app="proj"), environ={"CELERY_BROKER_URL": "redis://c/0"},
-                                     cwd=tmp_path, load_app=load)
+    settings, app = resolve_settings(
+        CliFlags(app="proj"), environ={"CELERY_BROKER_URL": "redis://c/0"}, cwd=tmp_path, load_app=load
+    )
     assert loaded == ["proj"] and app is not None
     assert settings.broker_url == "amqp://app-user:secret@rabbit:5672/vh"
     assert settings.transport_options == {"visibility_timeout": 10}
@@ -68,8 +69,9 @@ def test_app_not_imported_when_broker_given_unless_needed(tmp_path):
     def load(spec):
         raise AssertionError("must not import")
 
-    settings, app = resolve_settings(CliFlags(app="proj", broker="redis://x/0"), environ={}, cwd=tmp_path,
-                                     load_app=load)
+    settings, app = resolve_settings(
+        CliFlags(app="proj", broker="redis://x/0"), environ={}, cwd=tmp_path, load_app=load
+    )
     assert app is None and settings.app == "proj"
 
 
@@ -77,7 +79,9 @@ def test_transport_options_merge_key_by_key(tmp_path):
     cwd = _project(tmp_path, '[tool.deploykit.transport_options]\nsep = ":"\nvisibility_timeout = 60\n')
     env = {"DEPLOYKIT_TRANSPORT_OPTIONS": json.dumps({"visibility_timeout": 120})}
     settings, _ = resolve_settings(
-        CliFlags(app="proj"), environ=env, cwd=cwd,
+        CliFlags(app="proj"),
+        environ=env,
+        cwd=cwd,
         load_app=lambda s: _app("redis://a/0", {"global_keyprefix": "p:", "sep": "|"}),
     )
     assert settings.transport_options == {"global_keyprefix": "p:", "sep": ":", "visibility_timeout": 120}
@@ -87,7 +91,7 @@ def test_transport_options_merge_key_by_key(tmp_path):
     ("body", "env", "message"),
     [
         ("[tool.deploykit\n", {}, "cannot read"),
-        ('[tool.deploykit]\nbroker = 3\n', {}, "broker must be a string"),
+        ("[tool.deploykit]\nbroker = 3\n", {}, "broker must be a string"),
         ("", {"DEPLOYKIT_TRANSPORT_OPTIONS": "{not json"}, "not valid JSON"),
         ("", {"DEPLOYKIT_TIMEOUT": "soon"}, "invalid timeout"),
         ("", {"DEPLOYKIT_TIMEOUT": "0"}, "greater than 0"),
@@ -120,7 +124,14 @@ def test_mask_url_handles_failover_lists_and_no_password():
     assert mask_url("amqp://user@h//") == "amqp://user@h//"
 
 
-@given(st.text(alphabet=st.characters(blacklist_characters="@;/ \n\t\r", blacklist_categories=("Cs",), min_codepoint=33), min_size=4))
+@given(
+    st.text(
+        alphabet=st.characters(
+            blacklist_characters="@;/ \n\t\r", blacklist_categories=("Cs",), min_codepoint=33
+        ),
+        min_size=4,
+    )
+)
 def test_redactor_never_lets_a_password_through(password):
     from urllib.parse import quote
 
@@ -133,7 +144,9 @@ def test_redactor_never_lets_a_password_through(password):
 
 
 def test_default_management_url():
-    assert default_management_url("amqp://guest:guest@localhost:5672//") == "http://guest:guest@localhost:15672/"
+    assert (
+        default_management_url("amqp://guest:guest@localhost:5672//") == "http://guest:guest@localhost:15672/"
+    )
     assert default_management_url("amqps://u:p@h/vh") == "https://u:p@h:15672/"
     assert default_management_url("amqp://h") == "http://guest:guest@h:15672/"
     assert default_management_url("redis://h/0") is None

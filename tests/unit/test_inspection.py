@@ -24,7 +24,11 @@ def _queue(name: str, exchange: str = "", rk: str | None = None) -> dict:
 
 def _request(task_id: str, name: str, rk: str = "celery", exchange: str = "celery", args=(1, 2)) -> dict:
     return {
-        "id": task_id, "name": name, "type": name, "args": list(args), "kwargs": {},
+        "id": task_id,
+        "name": name,
+        "type": name,
+        "args": list(args),
+        "kwargs": {},
         "delivery_info": {"exchange": exchange, "routing_key": rk, "priority": 0, "redelivered": False},
         "acknowledged": False,
     }
@@ -35,8 +39,12 @@ def worker_replies(
 ) -> dict:
     return {
         "ping": {"ok": "pong"},
-        "stats": {"pid": pid, "uptime": 3725, "prefetch_count": 4,
-                  "pool": {"implementation": "celery.concurrency.prefork:TaskPool", "max-concurrency": 2}},
+        "stats": {
+            "pid": pid,
+            "uptime": 3725,
+            "prefetch_count": 4,
+            "pool": {"implementation": "celery.concurrency.prefork:TaskPool", "max-concurrency": 2},
+        },
         "active_queues": [_queue(q) for q in queues],
         "active": list(active),
         "reserved": list(reserved),
@@ -70,14 +78,16 @@ def test_no_mailbox_means_no_worker_without_any_ping():
 
 def test_workers_asked_everything_in_one_gather_and_counted():
     eta = NOW + timedelta(minutes=5)
-    fleet = FakeFleet({
-        "w1@h": worker_replies(
-            queues=("celery", "emails"),
-            active=[_request("a1", "tasks.sleep")],
-            reserved=[_request("r1", "tasks.add"), _request("r2", "tasks.add")],
-            scheduled=[(eta, _request("e1", "tasks.add"))],
-        ),
-    })
+    fleet = FakeFleet(
+        {
+            "w1@h": worker_replies(
+                queues=("celery", "emails"),
+                active=[_request("a1", "tasks.sleep")],
+                reserved=[_request("r1", "tasks.add"), _request("r2", "tasks.add")],
+                scheduled=[(eta, _request("e1", "tasks.add"))],
+            ),
+        }
+    )
     view = collect_fleet(fleet, FakeBroker(mailboxes=["w1@h"]))
     assert [c[0] for c in fleet.calls] == ["ping", "gather"]
     assert fleet.calls[1][1] == (sorted(WORKER_COMMANDS), ["w1@h"])
@@ -100,14 +110,18 @@ def test_worker_missing_some_replies_is_partial_with_unknown_counts():
 
 def test_queues_merge_broker_counts_and_worker_consumers():
     eta = NOW + timedelta(minutes=5)
-    fleet = FakeFleet({
-        "w1@h": worker_replies(queues=("celery", "emails"), scheduled=[(eta, _request("e1", "t.add"))]),
-        "w2@h": worker_replies(queues=("celery",)),
-    })
+    fleet = FakeFleet(
+        {
+            "w1@h": worker_replies(queues=("celery", "emails"), scheduled=[(eta, _request("e1", "t.add"))]),
+            "w2@h": worker_replies(queues=("celery",)),
+        }
+    )
     broker = FakeBroker(
-        [QueueStats("celery", ready=5, unacked=3, unacked_eta=None, consumers=None),
-         QueueStats("emails", ready=0, unacked=0, unacked_eta=0),
-         QueueStats("reports", ready=7, unacked=0, unacked_eta=0)],
+        [
+            QueueStats("celery", ready=5, unacked=3, unacked_eta=None, consumers=None),
+            QueueStats("emails", ready=0, unacked=0, unacked_eta=0),
+            QueueStats("reports", ready=7, unacked=0, unacked_eta=0),
+        ],
         known=["reports", "w1@h.celery.pidbox", "celery_delayed_3"],
         mailboxes=["w1@h", "w2@h"],
     )
@@ -136,23 +150,43 @@ def test_unknown_stays_unknown_not_zero():
 
 def _unacked(task_id: str, eta: datetime | None, delivered: datetime, queue="celery") -> RawMessage:
     return RawMessage(
-        location="unacked", queue=queue,
-        headers={"id": task_id, "task": "t.add", "eta": eta.isoformat() if eta else None,
-                 "argsrepr": "(1, 2)", "kwargsrepr": "{}"},
-        properties={}, body="", body_encoding="base64", content_type="application/json",
-        content_encoding="utf-8", size=100, delivery_tag=task_id, delivered_at=delivered.timestamp(),
+        location="unacked",
+        queue=queue,
+        headers={
+            "id": task_id,
+            "task": "t.add",
+            "eta": eta.isoformat() if eta else None,
+            "argsrepr": "(1, 2)",
+            "kwargsrepr": "{}",
+        },
+        properties={},
+        body="",
+        body_encoding="base64",
+        content_type="application/json",
+        content_encoding="utf-8",
+        size=100,
+        delivery_tag=task_id,
+        delivered_at=delivered.timestamp(),
     )
 
 
 def test_scheduled_sorted_with_visibility_hazard_and_orphans():
     soon, late = NOW + timedelta(minutes=2), NOW + timedelta(hours=3)
-    fleet = FakeFleet({"w1@h": worker_replies(scheduled=[(late, _request("late", "t.add")),
-                                                         (soon, _request("soon", "t.add"))])})
+    fleet = FakeFleet(
+        {
+            "w1@h": worker_replies(
+                scheduled=[(late, _request("late", "t.add")), (soon, _request("soon", "t.add"))]
+            )
+        }
+    )
     broker = FakeBroker(
         mailboxes=["w1@h"],
-        unacked=[_unacked("late", late, NOW), _unacked("soon", soon, NOW),
-                 _unacked("orphan", NOW + timedelta(minutes=30), NOW - timedelta(minutes=10)),
-                 _unacked("plain", None, NOW)],
+        unacked=[
+            _unacked("late", late, NOW),
+            _unacked("soon", soon, NOW),
+            _unacked("orphan", NOW + timedelta(minutes=30), NOW - timedelta(minutes=10)),
+            _unacked("plain", None, NOW),
+        ],
         settings=BrokerSettings(visibility_timeout=3600),
     )
     fleet_view = collect_fleet(fleet, broker)
@@ -171,8 +205,11 @@ def test_scheduled_sorted_with_visibility_hazard_and_orphans():
 def test_rabbitmq_consumer_timeout_hazard():
     far = NOW + timedelta(hours=1)
     fleet = FakeFleet({"w1@h": worker_replies(scheduled=[(far, _request("far", "t.add"))])})
-    broker = FakeBroker(kind="rabbitmq", mailboxes=["w1@h"],
-                        settings=BrokerSettings(consumer_timeout=1800, consumer_timeout_source="default"))
+    broker = FakeBroker(
+        kind="rabbitmq",
+        mailboxes=["w1@h"],
+        settings=BrokerSettings(consumer_timeout=1800, consumer_timeout_source="default"),
+    )
     view = collect_scheduled(broker, collect_fleet(fleet, broker), NOW)
     assert [h.code for h in view.entries[0].hazards] == ["ETA_BEYOND_CONSUMER_TIMEOUT"]
 
@@ -184,7 +221,8 @@ def test_status_verdict_idle_and_busy():
     assert idle.verdict.summary.startswith("idle: 1 worker(s)")
 
     busy_broker = FakeBroker(
-        [QueueStats("celery", ready=4, unacked=0, unacked_eta=0)], mailboxes=["w1@h"],
+        [QueueStats("celery", ready=4, unacked=0, unacked_eta=0)],
+        mailboxes=["w1@h"],
         delayed=DelayedStore(queues=("celery_delayed_3",), messages=2),
     )
     busy = collect_status(busy_broker, FakeFleet({"w1@h": worker_replies(active=[_request("a", "t")])}), NOW)
@@ -195,8 +233,11 @@ def test_status_verdict_idle_and_busy():
 
 
 def test_status_flags_queue_without_consumer_and_silent_mailbox():
-    broker = FakeBroker([QueueStats("reports", ready=3, unacked=0, unacked_eta=0)], known=["reports"],
-                        mailboxes=["w1@h", "gone@h"])
+    broker = FakeBroker(
+        [QueueStats("reports", ready=3, unacked=0, unacked_eta=0)],
+        known=["reports"],
+        mailboxes=["w1@h", "gone@h"],
+    )
     view = collect_status(broker, FakeFleet({"w1@h": worker_replies()}), NOW)
     codes = sorted(h.code for h in view.hazards)
     assert codes == ["NO_CONSUMER", "SILENT_MAILBOX"]
