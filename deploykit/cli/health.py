@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime, timezone
 from enum import Enum
@@ -32,6 +33,7 @@ SCHEMA_VERSION = 1
 class FailOn(str, Enum):
     error = "error"
     warning = "warning"
+    info = "info"
     never = "never"
 
 
@@ -99,7 +101,10 @@ def doctor(
             "--offline", help="Audit the app's settings and the files only; ask no broker or worker."
         ),
     ] = False,
-    format_: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.text,
+    format_: Annotated[
+        Format | None,
+        typer.Option("--format", help="Output format (default: github when GITHUB_ACTIONS=true, else text)."),
+    ] = None,
     app_: AppOpt = None,
     broker: BrokerOpt = None,
     management_url: ManagementOpt = None,
@@ -162,7 +167,12 @@ def doctor(
                 raise Unavailable("no worker answered and no app was named with -A: nothing to audit")
         findings = run_checks(audit)
         failed = fails(findings, fail_on.value)
-        output = Format.json if json_ else format_
+        if json_:
+            output = Format.json
+        elif format_ is not None:
+            output = format_
+        else:
+            output = Format.github if os.environ.get("GITHUB_ACTIONS") == "true" else Format.text
         if output is Format.json:
             from deploykit.output.doctor import doctor_document
 

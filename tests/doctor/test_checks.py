@@ -414,3 +414,9 @@ def test_worker_conf_reply_and_registered_attributes() -> None:
         TaskPolicy("proj.b", False, None, None, None),
     )
     assert parse_registered(None) == ()
+
+
+def test_fail_on_info() -> None:
+    found = run_checks(audit(app=src(task_acks_late=False, task_reject_on_worker_lost=None)))
+    assert {f.level for f in found} == {Level.INFO}
+    assert fails(found, "info") and not fails(found, "warning")

@@ -83,7 +83,7 @@ def test_risky_config_is_flagged_with_exit_1(redis_url: str, start_workers: Any,
     # The code now says reject_on_worker_lost, the running worker does not: drift, and the worker
     # is still flagged on its own. Text output names the fix and the docs anchor.
     fixed_code = app_env(redis_url, {**RISKY, "task_reject_on_worker_lost": True})
-    text = deploykit("doctor", "-A", APP, env=fixed_code)
+    text = deploykit("doctor", "-A", APP, "--format", "text", env=fixed_code)
     assert text.returncode == 1
     assert "setting-drift" in text.stdout and "task_reject_on_worker_lost differs" in text.stdout
     assert "README.md#dk-acks-late-without-reject" in text.stdout
