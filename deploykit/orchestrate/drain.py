@@ -29,7 +29,7 @@ from typing import Any
 
 from deploykit.brokers.base import Broker
 from deploykit.brokers.records import ConsumerRecord, RecordStore
-from deploykit.errors import ExitCode
+from deploykit.errors import ExitCode, Unavailable
 from deploykit.fleet.base import Fleet
 from deploykit.inspection import HeldTask
 from deploykit.orchestrate.common import (
@@ -47,6 +47,8 @@ from deploykit.orchestrate.common import (
 
 #: How long to wait for ``active_queues`` to show a cancel/add took effect (they run ``call_soon``).
 CONFIRM_WINDOW = 5.0
+#: How long a drain keeps waiting through a broker outage before it gives up.
+BROKER_GRACE = 60.0
 #: Consecutive ticks a worker may miss before we ping it to see whether it is gone.
 MISSES_BEFORE_PING = 3
 
@@ -216,6 +218,7 @@ class DrainMachine:
         self._misses: dict[str, int] = {}
         self._confirm_started: float | None = None
         self._first_total: int | None = None
+        self._outage_started: float | None = None
 
     # -- driving ----------------------------------------------------------------------------
     @property
@@ -249,9 +252,37 @@ class DrainMachine:
             DrainState.WAIT: self._wait,
             DrainState.WAIT_EMPTY: self._wait_empty,
         }.get(self.state)
-        if handler is not None:
+        if handler is None:
+            return self.state
+        try:
             handler()
+            self._outage_started = None
+        except Unavailable as exc:
+            if self.state not in (DrainState.WAIT, DrainState.WAIT_EMPTY):
+                raise
+            self._ride_out(exc)
         return self.state
+
+    def _ride_out(self, exc: Unavailable) -> None:
+        """The broker went away while waiting (restart, failover): reconnect and keep waiting.
+
+        Workers keep a cancelled queue deselected across reconnections (celery
+        ``Consumer.cancel_task_queue`` deselects it in ``app.amqp.queues``), so nothing is lost
+        by waiting; after ``BROKER_GRACE`` seconds without the broker we give up (exit 69).
+        """
+        now = self.timing.clock()
+        if self._outage_started is None:
+            self._outage_started = now
+            self.notes.append(f"lost the broker while waiting: {exc.message}")
+        self.fleet.close()
+        if now - self._outage_started >= BROKER_GRACE or self.clock.expired:
+            self.message = (
+                f"broker unreachable for {now - self._outage_started:.0f}s while draining; the drained "
+                "workers stay quiet (run `deploykit resume` once the broker is back)"
+            )
+            self.state = DrainState.UNAVAILABLE
+            return
+        self.timing.sleep(1.0)
 
     # -- states -----------------------------------------------------------------------------
     def _select(self) -> None:

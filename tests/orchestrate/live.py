@@ -65,6 +65,14 @@ def producer(broker_url: str) -> Any:
     return _producers[broker_url]
 
 
+def forget_connections() -> None:
+    """Drop the cached producer apps (after a broker restart their connections are dead)."""
+    from kombu import pools
+
+    _producers.clear()
+    pools.reset()
+
+
 def send(broker_url: str, name: str, args: tuple[Any, ...] = (), **options: Any) -> str:
     return str(producer(broker_url).send_task(name, args=list(args), **options).id)
 
@@ -74,7 +82,14 @@ def control(broker_url: str) -> Any:
 
 
 def active_queues(broker_url: str, node: str) -> list[str] | None:
-    reply = control(broker_url).inspect(destination=[node], timeout=2).active_queues() or {}
+    for attempt in range(3):  # pooled connections may be stale after a broker restart
+        try:
+            reply = control(broker_url).inspect(destination=[node], timeout=2).active_queues() or {}
+            break
+        except Exception:
+            if attempt == 2:
+                raise
+            forget_connections()
     if node not in reply:
         return None
     return sorted(q["name"] for q in reply[node])

@@ -277,3 +277,37 @@ def test_draining_one_queue_waits_only_for_that_queues_work():
     assert result.status == "drained", result.message
     assert 1.0 <= result.elapsed < 1.5
     assert w1.queues == ["celery"]
+
+
+def test_a_broker_outage_while_waiting_is_ridden_out_then_gives_up_with_69():
+    from deploykit.errors import Unavailable
+
+    clock = FakeClock()
+    fleet = fleet_of(clock, w1=SimWorker(["celery"], [("a", "active", clock.t + 8.0)]))
+    down = {"from": clock.t + 1.0, "until": clock.t + 5.0}
+    gather = fleet.gather
+
+    def flaky(commands, destination):
+        if down["from"] <= clock.t < down["until"]:
+            raise Unavailable("cannot reach broker redis://…: Connection refused")
+        return gather(commands, destination)
+
+    fleet.gather = flaky
+    records = MemoryRecordStore()
+    result = DrainMachine(fleet, broker(), records, DrainOptions(timeout=30), timing=clock.timing()).run()
+    assert result.status == "drained" and 8.0 <= result.elapsed < 8.5
+    assert any("lost the broker" in note for note in result.notes)
+
+    clock2 = FakeClock()
+    fleet2 = fleet_of(clock2, w1=SimWorker(["celery"], [("a", "active", None)]))
+    gather2 = fleet2.gather
+
+    def gone(commands, destination):
+        if clock2.t > 1001.0:
+            raise Unavailable("cannot reach broker")
+        return gather2(commands, destination)
+
+    fleet2.gather = gone
+    result = DrainMachine(fleet2, broker(), MemoryRecordStore(), DrainOptions(), timing=clock2.timing()).run()
+    assert result.status == "unavailable" and result.exit_code == 69
+    assert "run `deploykit resume`" in result.message
