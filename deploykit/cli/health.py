@@ -197,7 +197,10 @@ def probe(
     queue: Annotated[
         list[str] | None,
         typer.Option(
-            "--queue", "-Q", help="Probe only these queues (repeatable; default: every consumed queue)."
+            "--queue",
+            "-Q",
+            metavar="QUEUE",
+            help="Probe only these queues (repeatable; default: every queue with consumers).",
         ),
     ] = None,
     timeout: Annotated[
