@@ -47,6 +47,9 @@ def queue_work(broker_url: str) -> None:
     send_invoice.apply_async((1002, 12.0), kwargs={"currency": "USD"}, countdown=300)
     # Longer than the app's 600 s visibility timeout: Redis would deliver it twice.
     send_welcome_email.apply_async((42,), {"template": "win-back"}, countdown=1800)
+    from deploykit.demo.app import cleanup_carts
+
+    cleanup_carts.apply_async((7,), queue="emails", countdown=120)
 
 
 def main() -> int:
@@ -93,6 +96,16 @@ def main() -> int:
         run(["queues", "--json"], env)
         say("A deploy script can refuse to go on while work is in flight: --fail-if-busy exits 1.")
         run(["status", "--fail-if-busy"], env)
+
+        manifest = logdir / "deploykit.manifest.json"
+        say("Release 1's task signatures go into a manifest, committed next to the code.")
+        run(["manifest", "snapshot", "-o", str(manifest)], env)
+        say("""
+            Release 2 reorders send_invoice's parameters, adds a required one to
+            send_welcome_email and removes cleanup_carts. The CI gate catches it in the pull request:""")
+        run(["check", "-A", "deploykit.demo.app_v2", "--manifest", str(manifest)], env)
+        say("And the messages already waiting (queued, and ETA tasks the workers hold) would break like this:")
+        run(["scan", "-A", "deploykit.demo.app_v2", "--manifest", str(manifest)], env)
     finally:
         say("Stopping the demo workers (warm shutdown) and the embedded Redis.")
         for worker in workers:

@@ -58,36 +58,28 @@ def _where(locations: Any) -> str:
 
 
 def render_text(report: Report, out: Any) -> None:
-    from rich import box
-    from rich.table import Table
-
-    table = Table(
-        title=f"Waiting messages checked: {report.scanned}", box=box.SIMPLE_HEAD, title_justify="left"
-    )
-    for column in ("task", "verdict", "count", "where", "eta range (UTC)", "samples", "why"):
-        table.add_column(column, justify="right" if column == "count" else "left", overflow="fold")
+    """One block per task and verdict, the worst first, then the totals."""
+    if not report.groups:
+        out.print("No waiting message found.")
     for g in report.sorted_groups():
         eta = ""
         if g.earliest_eta:
-            eta = f"{g.earliest_eta:%m-%d %H:%M}"
+            eta = f"  ETA {g.earliest_eta:%Y-%m-%d %H:%M}"
             if g.latest_eta and g.latest_eta != g.earliest_eta:
-                eta += f" … {g.latest_eta:%m-%d %H:%M}"
-        reason = next(iter(g.reasons), "") if g.verdict is not Verdict.RUNS else ""
-        if g.expired:
-            reason = (reason + f" ({g.expired} expired)").strip()
-        table.add_row(
-            g.task,
-            g.verdict.value,
-            str(g.count),
-            _where(g.locations),
-            eta,
-            ", ".join(s[:8] for s in g.samples),
-            reason,
+                eta += f" … {g.latest_eta:%Y-%m-%d %H:%M}"
+        samples = f"  e.g. {', '.join(g.samples)}" if g.samples else ""
+        out.print(
+            f"{g.verdict.value.upper():<11} {g.task}  {g.count} message(s) in {_where(g.locations)}{eta}",
+            highlight=False,
         )
-    if report.groups:
-        out.print(table)
-    else:
-        out.print("No waiting message found.")
+        if samples:
+            out.print(f"            {samples.strip()}", highlight=False)
+        for reason, count in g.reasons.most_common(3):
+            if g.verdict is not Verdict.RUNS:
+                prefix = f"{count} x " if len(g.reasons) > 1 else ""
+                out.print(f"            {prefix}{reason}", highlight=False)
+        if g.expired:
+            out.print(f"            {g.expired} of them expired (expires in the past): they will be dropped")
     for task, count in sorted(report.oversized.items()):
         largest = max(report.largest.get(task, [(0, "?")]))
         out.print(

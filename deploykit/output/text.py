@@ -10,11 +10,19 @@ from deploykit.output.humanize import count, duration
 
 def console(stderr: bool = False) -> Any:
     """A rich console that honours NO_COLOR/FORCE_COLOR and is plain when not a TTY."""
+    import os
+    import sys
+
     from rich.console import Console
 
     from deploykit.cli.common import color_enabled
 
-    return Console(stderr=stderr, no_color=not color_enabled(), highlight=False, soft_wrap=False)
+    stream = sys.stderr if stderr else sys.stdout
+    width = None
+    if not stream.isatty():
+        # Logs and pipes have no width: do not squeeze tables into 80 columns.
+        width = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else 160
+    return Console(stderr=stderr, no_color=not color_enabled(), highlight=False, soft_wrap=False, width=width)
 
 
 def _table(title: str | None = None) -> Any:
