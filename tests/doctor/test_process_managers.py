@@ -197,3 +197,22 @@ def test_kubernetes_without_pyyaml_says_so(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setitem(sys.modules, "yaml", None)
     with pytest.raises(UsageError, match="needs PyYAML"):
         parse_kubernetes(_write(tmp_path, "k8s.yaml", K8S))
+
+
+def test_supervisor_reading_matches_supervisord_itself(tmp_path: Path) -> None:
+    """The same file through supervisor's own parser: a real config, read the same way."""
+    options_module = pytest.importorskip("supervisor.options")
+    import signal
+
+    path = _write(tmp_path, "supervisord.conf", SUPERVISOR)
+    options = options_module.ServerOptions()
+    options.configfile = str(path)
+    options.process_config(do_usage=False)
+    real = {pc.name: pc for group in options.process_group_configs for pc in group.process_configs}
+    ours = {e.name.removeprefix("program:"): e for e in parse_supervisor(path)}
+    assert set(ours) == {"celery-default", "celery-long"} and set(ours) < set(real)
+    for name, entry in ours.items():
+        assert entry.stop_timeout == real[name].stopwaitsecs
+        assert entry.signals_group == real[name].stopasgroup
+        assert getattr(signal, "SIG" + (entry.stop_signal or "TERM")) == real[name].stopsignal
+        assert entry.remap_sigterm == (real[name].environment or {}).get("REMAP_SIGTERM")
