@@ -26,7 +26,7 @@ class Level(str, Enum):
         return {"error": 3, "warning": 2, "info": 1}[self.value]
 
 
-#: Where the README explains every finding (``deploykit/doctor/FINDINGS.md`` is merged into it).
+#: Where the README explains every finding (section "deploykit doctor", one anchor per ID).
 DOCS_BASE = "README.md#dk-"
 
 

@@ -1,4 +1,4 @@
-"""Every finding ID the checks can emit has its README section (FINDINGS.md, merged into README)."""
+"""Every finding ID the checks can emit has its README section, which the finding links to."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import deploykit.doctor.checks as checks
 
-DOC = Path(checks.__file__).with_name("FINDINGS.md")
+DOC = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _emitted_ids() -> set[str]:
@@ -20,5 +20,5 @@ def test_every_finding_has_an_anchor() -> None:
     assert len(ids) >= 20
     text = DOC.read_text()
     anchors = set(re.findall(r'<a id="dk-([a-z0-9-]+)"></a>', text))
-    assert ids - anchors == set(), "add a section to deploykit/doctor/FINDINGS.md"
+    assert ids - anchors == set(), "add a section to README.md (deploykit doctor)"
     assert anchors - ids == set(), "a documented finding is never emitted"
