@@ -123,6 +123,10 @@ def test_classic_queues_ready_unacked_consumers_and_type(rabbitmq_url: str, work
         assert broker.known_queues() == ["celery", "emails"]
 
 
+CELERY_VERSION = tuple(int(x) for x in __import__("celery").__version__.split(".")[:2])
+
+
+@pytest.mark.skipif(CELERY_VERSION < (5, 5), reason="quorum queues need Celery 5.5+")
 def test_quorum_queues_with_native_delayed_delivery(rabbitmq_url: str, worker: Any) -> None:
     worker(("celery",), DEPLOYKIT_TEST_QUORUM="1")
     app = publisher_app(rabbitmq_url, quorum=True)
