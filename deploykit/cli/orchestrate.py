@@ -430,6 +430,16 @@ def restart(
     start_timeout: Annotated[
         str, typer.Option("--start-timeout", metavar="DURATION", help="Until a started worker answers.")
     ] = "2m",
+    settle: Annotated[
+        str | None,
+        typer.Option(
+            "--settle",
+            metavar="DURATION",
+            help="Pause between the confirmed shutdown and the start (default 2s with --exec, 0 with "
+            "--supervisor, which watches the process itself).",
+            show_default=False,
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
     record_ttl: RecordTtlOpt = "7d",
     quiet: QuietOpt = False,
@@ -470,6 +480,7 @@ def restart(
             "start_timeout": parse_duration(start_timeout, what="--start-timeout"),
             "expected_tasks": expected,
             "dry_run": dry_run,
+            "settle": parse_duration(settle, what="--settle") if settle else (2.0 if exec_ else 0.0),
         }
         flags = merged_flags(ctx, app_, broker, management_url, None)
         with open_session(flags) as session:
@@ -535,6 +546,14 @@ def deploy(
     drain_timeout: Annotated[str, typer.Option("--drain-timeout", metavar="DURATION")] = "10m",
     shutdown_timeout: Annotated[str, typer.Option("--shutdown-timeout", metavar="DURATION")] = "2m",
     run_timeout: Annotated[str, typer.Option("--run-timeout", metavar="DURATION")] = "30m",
+    settle: Annotated[
+        str,
+        typer.Option(
+            "--settle",
+            metavar="DURATION",
+            help="Pause between the confirmed shutdown and the command (processes finish exiting).",
+        ),
+    ] = "2s",
     wait_timeout: Annotated[
         str, typer.Option("--wait-timeout", metavar="DURATION", help="Until the new workers answer.")
     ] = "5m",
@@ -546,6 +565,10 @@ def deploy(
     json_: JsonOpt = False,
 ) -> None:
     """One-shot release: drain → warm shutdown → run the deploy command → wait for the new workers.
+
+    The command runs once the workers stopped answering, their held messages are back in the
+    broker and --settle has passed; prefer commands that wait for the old process themselves
+    (`supervisorctl restart`, `systemctl restart`, `kubectl rollout restart`).
 
     Stop-the-world (for a rolling release use `restart`). Run `deploykit check` first to gate on
     signature changes.
@@ -581,6 +604,7 @@ def deploy(
                     expect_workers=expect_workers,
                     expected_tasks=expected,
                     wait_eta=wait_eta,
+                    settle=parse_duration(settle, what="--settle"),
                     control_exchange=session.control_exchange,
                 )
                 machine = DeployMachine(

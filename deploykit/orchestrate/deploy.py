@@ -77,6 +77,9 @@ class DeployOptions:
     expect_workers: int | None = None
     expected_tasks: frozenset[str] | None = None
     wait_eta: bool = False
+    #: Seconds between the warm shutdown being confirmed and the command: a worker's mailbox
+    #: closes as its shutdown begins, the process itself exits a moment later.
+    settle: float = 2.0
     control_exchange: str = "celery"
 
 

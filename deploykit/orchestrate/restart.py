@@ -88,6 +88,9 @@ class RestartOptions:
     #: Task names the restarted workers must register (from ``--manifest``).
     expected_tasks: frozenset[str] | None = None
     dry_run: bool = False
+    #: Seconds between the confirmed warm shutdown and the start (the process finishes exiting
+    #: after its mailbox closed); the supervisord adapter watches the process itself and needs none.
+    settle: float = 0.0
     control_exchange: str = "celery"
 
 
@@ -318,6 +321,8 @@ class RestartMachine:
             self._fail(state, f"warm shutdown {outcome.status}: {outcome.message}")
             return
         self.batch.status = "starting"
+        if self.options.settle > 0:
+            self.timing.sleep(self.options.settle)
         self.state = RestartState.START
 
     def _start_batch(self) -> None:

@@ -124,7 +124,7 @@ def test_deploy_stops_everyone_runs_the_command_and_waits_for_the_new_workers(re
         redis_url,
         "deploy",
         "--run",
-        f"{sys.executable} -m supervisor.supervisorctl -s {url} start all",
+        f"{sys.executable} -m supervisor.supervisorctl -s {url} restart all",
         "--wait-timeout",
         "60s",
         "--json",
