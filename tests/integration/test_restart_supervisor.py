@@ -10,6 +10,7 @@ import json
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -38,11 +39,21 @@ def supervised(redis_url, tmp_path):
         stop_supervisord(proc, url)
 
 
-def test_rolling_restart_under_supervisord_runs_every_task_exactly_once(redis_url, supervised):
-    url, ledger = supervised
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_rolling_restart_under_supervisord_runs_every_task_exactly_once(broker, request, tmp_path):
+    broker_url = request.getfixturevalue("redis_url" if broker == "redis" else "rabbitmq_url")
+    ledger = tmp_path / "ledger.jsonl"
+    proc, url = start_supervisord(tmp_path, broker_url, ledger, NODES)
+    try:
+        _rolling_restart(broker_url, url, ledger)
+    finally:
+        stop_supervisord(proc, url)
+
+
+def _rolling_restart(broker_url: str, url: str, ledger: Path) -> None:
     proxy = supervisor_proxy(url)
     before = {i["name"]: i["pid"] for i in proxy.supervisor.getAllProcessInfo()}
-    app = producer(redis_url)
+    app = producer(broker_url)
     sent: dict[str, float | None] = {}  # id -> ETA (unix time) or None
     stop = threading.Event()
 
@@ -67,7 +78,7 @@ def test_rolling_restart_under_supervisord_runs_every_task_exactly_once(redis_ur
     try:
         time.sleep(1.0)
         proc = deploykit(
-            redis_url,
+            broker_url,
             "restart",
             "--supervisor",
             url,
@@ -85,7 +96,6 @@ def test_rolling_restart_under_supervisord_runs_every_task_exactly_once(redis_ur
         stop.set()
         thread.join()
     doc = result_json(proc)
-    print(f"restart took {doc['elapsed']}s, {len(sent)} tasks sent")
     assert proc.returncode == 0, proc.stderr
     assert doc["schema"] == "deploykit.restart/1" and doc["status"] == "done"
     assert sorted(doc["restarted"]) == list(NODES)
