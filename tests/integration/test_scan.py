@@ -169,11 +169,11 @@ def test_scan_predicts_what_release_two_really_does(redis_url, start_workers, tm
     type_errors = [m for m in failures if m["result"]["exc_type"] == "TypeError"]
     not_registered = [m for m in failures if m["result"]["exc_type"] == "NotRegistered"]
     # Each message predicted to fail failed with TypeError. The chain's parent ran, then sending
-    # its next step raised TypeError (Celery checks arguments at apply_async), and Celery also
-    # marks that child as failed: one message, two failed results.
+    # its next step raised TypeError (Celery checks arguments at apply_async); newer Celery also
+    # marks that child as failed: one message, one or two failed results.
     predicted = set(ids["fails"]) | {eta_ids[1]}
     assert len(predicted) == messages["fails"]
-    assert {m["task_id"] for m in type_errors} == predicted | {chained.id}
+    assert predicted <= {m["task_id"] for m in type_errors} <= predicted | {chained.id}
     assert results[eta_ids[0]]["status"] == "SUCCESS"
     assert len(not_registered) == messages["discarded"]
     assert {m["task_id"] for m in not_registered} == set(ids["discarded"])
