@@ -103,6 +103,36 @@ class RawMessage(NamedTuple):
     delivered_at: float | None = None
 
 
+def raw_from_envelope(
+    location: str, queue: str | None, data: bytes, envelope: Any, delivered_at: float | None = None
+) -> RawMessage:
+    """A :class:`RawMessage` from kombu's virtual-transport JSON envelope (``Channel.prepare_message``:
+    Redis, filesystem…); a message that is not such an envelope keeps its bytes and no headers.
+
+    Positional construction: this runs once per message of a scan.
+    """
+    if type(envelope) is not dict:
+        return RawMessage(location, queue, {}, {}, data, None, None, None, len(data), None, delivered_at)
+    props = envelope.get("properties")
+    if type(props) is not dict:
+        props = {}
+    headers = envelope.get("headers")
+    tag = props.get("delivery_tag")
+    return RawMessage(
+        location,
+        queue,
+        headers if type(headers) is dict else {},
+        props,
+        envelope.get("body", ""),
+        props.get("body_encoding"),
+        envelope.get("content-type"),
+        envelope.get("content-encoding"),
+        len(data),
+        None if tag is None else str(tag),
+        delivered_at,
+    )
+
+
 @dataclass(frozen=True)
 class BrokerSettings:
     """Broker settings that decide deploy hazards."""

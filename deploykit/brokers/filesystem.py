@@ -30,6 +30,7 @@ from deploykit.brokers.base import (
     QueueStats,
     RawMessage,
     is_internal_queue,
+    raw_from_envelope,
 )
 from deploykit.config import mask_url
 from deploykit.errors import Unavailable, UsageError
@@ -159,7 +160,7 @@ class FilesystemBroker(Broker):
                 envelope = json.loads(data)
             except (ValueError, UnicodeDecodeError):
                 envelope = None
-            yield _raw(queue, data, envelope)
+            yield raw_from_envelope("ready", queue, data, envelope)
 
     def worker_mailboxes(self, control_exchange: str = "celery") -> list[str] | None:
         table = self._read_table(self.control_folder / f"{control_exchange}.pidbox.exchange")
@@ -170,24 +171,3 @@ class FilesystemBroker(Broker):
 
     def settings(self) -> BrokerSettings:
         return BrokerSettings()
-
-
-def _raw(queue: str, data: bytes, envelope: Any) -> RawMessage:
-    if not isinstance(envelope, dict):
-        return RawMessage("ready", queue, {}, {}, data, None, None, None, len(data))
-    props = envelope.get("properties")
-    props = props if isinstance(props, dict) else {}
-    headers = envelope.get("headers")
-    tag = props.get("delivery_tag")
-    return RawMessage(
-        location="ready",
-        queue=queue,
-        headers=headers if isinstance(headers, dict) else {},
-        properties=props,
-        body=envelope.get("body", ""),
-        body_encoding=props.get("body_encoding"),
-        content_type=envelope.get("content-type"),
-        content_encoding=envelope.get("content-encoding"),
-        size=len(data),
-        delivery_tag=None if tag is None else str(tag),
-    )

@@ -50,6 +50,7 @@ from deploykit.brokers.base import (
     QueueStats,
     RawMessage,
     is_internal_queue,
+    raw_from_envelope,
 )
 from deploykit.config import Redactor, mask_url
 from deploykit.errors import Unavailable, UsageError
@@ -127,35 +128,6 @@ def attribute(tables: Mapping[str, Iterable[Binding]], exchange: str, routing_ke
         # binding can only have come through a fanout exchange (FanoutExchange.lookup).
         matched = {queue for _, _, queue in bindings}
     return tuple(sorted(q for q in matched if q))
-
-
-def _raw_message(
-    location: str,
-    queue: str | None,
-    data: bytes,
-    envelope: Any,
-    delivered_at: float | None = None,
-) -> RawMessage:
-    """A :class:`RawMessage` from kombu's JSON envelope (virtual ``Channel.prepare_message``)."""
-    if not isinstance(envelope, dict):
-        return RawMessage(location, queue, {}, {}, data, None, None, None, len(data), None, delivered_at)
-    props = envelope.get("properties")
-    props = props if isinstance(props, dict) else {}
-    headers = envelope.get("headers")
-    tag = props.get("delivery_tag")
-    return RawMessage(
-        location=location,
-        queue=queue,
-        headers=headers if isinstance(headers, dict) else {},
-        properties=props,
-        body=envelope.get("body", ""),
-        body_encoding=props.get("body_encoding"),
-        content_type=envelope.get("content-type"),
-        content_encoding=envelope.get("content-encoding"),
-        size=len(data),
-        delivery_tag=None if tag is None else str(tag),
-        delivered_at=delivered_at,
-    )
 
 
 def _parse(data: bytes) -> Any:
@@ -442,7 +414,7 @@ class RedisBroker(Broker):
         scores = pipe.execute(raise_on_error=False)
         for (tag, data, (envelope, exchange, routing_key)), score in zip(batch, scores, strict=True):
             queues = attribute(tables, exchange, routing_key)
-            message = _raw_message(
+            message = raw_from_envelope(
                 "unacked",
                 queues[0] if len(queues) == 1 else None,
                 data,
@@ -462,7 +434,7 @@ class RedisBroker(Broker):
         with self._errors():
             for _step, key in priority_keys(queue, self.priority_steps, self.sep):
                 for data in self._iter_list(self._k(key), batch):
-                    yield _raw_message("ready", queue, data, _parse(data))
+                    yield raw_from_envelope("ready", queue, data, _parse(data))
 
     def _iter_list(self, key: str, batch: int) -> Iterator[bytes]:
         """Page through LIST ``key`` from its tail, robust to a live queue.

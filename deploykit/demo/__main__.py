@@ -97,6 +97,13 @@ def main() -> int:
         say("A deploy script can refuse to go on while work is in flight: --fail-if-busy exits 1.")
         run(["status", "--fail-if-busy"], env)
 
+        say("""
+            Which settings of this app lose or duplicate tasks? doctor reads the app, what the
+            workers really run and the broker (note the 600 s visibility timeout vs the 30 min countdown):""")
+        run(["doctor"], env)
+        say("Does every queue really get processed? A probe task through each, confirmed end to end:")
+        run(["probe"], env)
+
         manifest = logdir / "deploykit.manifest.json"
         say("Release 1's task signatures go into a manifest, committed next to the code.")
         run(["manifest", "snapshot", "-o", str(manifest)], env)
@@ -104,7 +111,9 @@ def main() -> int:
             Release 2 reorders send_invoice's parameters, adds a required one to
             send_welcome_email and removes cleanup_carts. The CI gate catches it in the pull request:""")
         run(["check", "-A", "deploykit.demo.app_v2", "--manifest", str(manifest)], env)
-        say("And the messages already waiting (queued, and ETA tasks the workers hold) would break like this:")
+        say(
+            "And the messages already waiting (queued, and ETA tasks the workers hold) would break like this:"
+        )
         run(["scan", "-A", "deploykit.demo.app_v2", "--manifest", str(manifest)], env)
     finally:
         say("Stopping the demo workers (warm shutdown) and the embedded Redis.")

@@ -9,22 +9,11 @@
 
 from __future__ import annotations
 
-import os
 import time
 
-from celery import Celery
-from kombu import Queue
+from deploykit.demo.shop import make_app
 
-app = Celery("shop", broker=os.environ.get("DEPLOYKIT_DEMO_BROKER", "redis://127.0.0.1:6379/0"))
-app.conf.update(
-    task_queues=[Queue("celery"), Queue("emails")],
-    task_routes={"shop.send_welcome_email": {"queue": "emails"}, "shop.send_invoice": {"queue": "emails"}},
-    worker_prefetch_multiplier=2,
-    broker_connection_retry_on_startup=True,
-    worker_hijack_root_logger=False,
-    broker_transport_options={"visibility_timeout": 600},
-    task_acks_late=True,
-)
+app = make_app()
 
 
 @app.task(name="shop.send_welcome_email")

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from deploykit.demo.processes import free_port
+from tests.cli import run_deploykit
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,18 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def deploykit(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DEPLOYKIT_")}
-    full_env.update(env or {})
-    full_env["NO_COLOR"] = "1"
-    return subprocess.run(
-        [sys.executable, "-m", "deploykit", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=ROOT,
-        timeout=timeout,
-        check=False,
-    )
+    return run_deploykit(*args, env=env, timeout=timeout)
 
 
 def send(broker_url: str, name: str, args=(), kwargs=None, **options) -> str:

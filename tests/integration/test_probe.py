@@ -4,9 +4,7 @@ consumer and a stuck worker, and no residue (events restored, probe results forg
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 import pytest
 
 from deploykit.demo.processes import free_port
+from tests.cli import run_deploykit
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,17 +20,7 @@ APP = "tests.apps.configurable"
 
 
 def deploykit(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DEPLOYKIT_")}
-    full_env.update(env, NO_COLOR="1")
-    return subprocess.run(
-        [sys.executable, "-m", "deploykit", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+    return run_deploykit(*args, env=env)
 
 
 def probe_json(*args: str, env: dict[str, str]) -> tuple[int, dict[str, Any]]:

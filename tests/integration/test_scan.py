@@ -13,23 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli import run_deploykit
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 ETA_SECONDS = 15
 
 
 def deploykit(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DEPLOYKIT_")}
-    full_env.update(env, NO_COLOR="1")
-    return subprocess.run(
-        [sys.executable, "-m", "deploykit", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
+    return run_deploykit(*args, env=env, timeout=120)
 
 
 def _snapshot(module: str, path: Path, env: dict[str, str]) -> None:

@@ -7,13 +7,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.cli import run_deploykit
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -34,20 +34,7 @@ RELEASE2_FINDINGS = {
 
 
 def deploykit(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DEPLOYKIT_", "GITHUB_", "CI_")) and k != "DJANGO_SETTINGS_MODULE"
-    }
-    clean.update({"NO_COLOR": "1", "COLUMNS": "200"}, **(env or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "deploykit", *args],
-        cwd=cwd,
-        env=clean,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_deploykit(*args, env=env, cwd=cwd, timeout=120)
 
 
 @pytest.fixture
