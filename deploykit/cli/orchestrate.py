@@ -351,17 +351,19 @@ def shutdown(
         flags = merged_flags(ctx, app_, broker, management_url, None)
         with open_session(flags) as session:
             display = _progress(quiet)
+            records = _records(session, "7d")
             try:
                 options = ShutdownOptions(
                     workers=tuple(worker or ()), timeout=deadline, control_exchange=session.control_exchange
                 )
                 machine = ShutdownMachine(
-                    session.fleet, session.broker, options, timing=Timing(), progress=display
+                    session.fleet, session.broker, options, timing=Timing(), progress=display, records=records
                 )
                 with interruptible():
                     result = machine.run()
             finally:
                 display.finish()
+                records.close()
         if json_:
             _emit("shutdown", session, result)
         else:

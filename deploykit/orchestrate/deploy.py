@@ -199,6 +199,7 @@ class DeployMachine:
             ),
             timing=self.timing,
             progress=self.progress,
+            records=self.records,
         ).run()
         self.result_.shutdown = outcome
         self.result_.stopped = tuple(w.worker for w in outcome.workers if w.gone)

@@ -309,6 +309,7 @@ class RestartMachine:
             ),
             timing=self.timing,
             progress=self.progress,
+            records=self.records,
         )
         outcome = machine.run()
         self.batch.shutdown_in = outcome.elapsed

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from deploykit.brokers.base import Broker
+from deploykit.brokers.records import RecordStore
 from deploykit.errors import ExitCode
 from deploykit.fleet.base import Fleet
 from deploykit.orchestrate.common import (
@@ -104,10 +105,14 @@ class ShutdownMachine:
         *,
         timing: Timing | None = None,
         progress: ProgressCallback = no_progress,
+        records: RecordStore | None = None,
     ) -> None:
         self.fleet = fleet
         self.broker = broker
         self.options = options
+        #: Entries of workers confirmed gone are dropped from it: nothing is left to undo on them.
+        self.records = records
+        self.forgotten = 0
         self.timing = timing or Timing()
         self.progress = progress
         self.state = ShutdownState.SELECT
@@ -267,6 +272,12 @@ class ShutdownMachine:
         self._timeout_or_sleep(f"{outstanding} held message(s) not yet back in the broker")
 
     def _finish(self) -> None:
+        if self.records is not None:
+            stale = [r for r in self.records.load() if r.worker in self.gone]
+            if stale:
+                self.records.remove(stale)
+                self.forgotten = len(stale)
+                self.notes.append(f"dropped {len(stale)} record entr(y/ies) of the stopped worker(s)")
         names = ", ".join(self.selected)
         back = f"; {self.returned} held message(s) back in the broker" if self.returned is not None else ""
         self.message = f"{names} shut down warmly in {self.clock.elapsed:.1f}s{back}"

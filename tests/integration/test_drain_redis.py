@@ -109,7 +109,7 @@ def test_worker_sigkilled_during_drain_is_a_clear_failure(redis_url, start_worke
     wait_for(lambda: active_queues(redis_url, "w1@dk") == [], timeout=20)
     w1.kill()
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1, err
+    assert proc.returncode == 1, (out, err, w1.log()[-1500:])
     assert '"lost_workers": [\n    "w1@dk"' in out
     assert "stopped answering" in err
 

@@ -110,3 +110,16 @@ def test_shutdown_on_redis_sees_the_mailbox_go_and_counts_what_left_unacked():
     fake.unacked = []  # the worker's restore_unacked_once ran
     result = machine.run()
     assert result.status == "done" and result.returned == 2 == result.held and result.verified
+
+
+def test_shutdown_drops_the_record_entries_of_workers_it_stopped():
+    from deploykit.brokers.records import MemoryRecordStore
+
+    clock = FakeClock()
+    fleet = SimFleet(clock, {"w1@h": SimWorker([]), "w2@h": SimWorker([])})
+    records = MemoryRecordStore([A, B])
+    result = ShutdownMachine(
+        fleet, broker(fleet), ShutdownOptions(workers=("w1",)), timing=clock.timing(), records=records
+    ).run()
+    assert result.status == "done"
+    assert records.load() == [B]  # w2 was not stopped: its entry stays for `resume`
