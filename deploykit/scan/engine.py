@@ -154,61 +154,106 @@ class Item(NamedTuple):
 
 
 class Report:
-    """Aggregates verdicts; memory is bounded by the number of (task, verdict) pairs."""
+    """Aggregates verdicts; memory is bounded by the number of (task, verdict) pairs.
+
+    :meth:`add` runs once per waiting message (millions in a big queue), so it only touches its
+    group; totals are derived from the groups when asked.
+    """
 
     def __init__(self, now: datetime, oversize: int) -> None:
         self.now = now
         self.oversize = oversize
         self.groups: dict[tuple[str, Verdict], Group] = {}
-        self.totals: Counter[Verdict] = Counter()
-        self.by_location: Counter[str] = Counter()
         self.undecidable_reasons: Counter[str] = Counter()
         self.largest: dict[str, list[tuple[int, str]]] = {}
         self.oversized: Counter[str] = Counter()
-        self.expired = 0
         self.notes: list[str] = []
         self.scanned = 0
-        self._location_kinds: dict[str, str] = {}
 
-    def add(self, item: Item, outcome: Outcome) -> None:
-        decoded = item.decoded
+    @property
+    def totals(self) -> Counter[Verdict]:
+        totals: Counter[Verdict] = Counter()
+        for group in self.groups.values():
+            totals[group.verdict] += group.count
+        return totals
+
+    @property
+    def by_location(self) -> Counter[str]:
+        kinds: Counter[str] = Counter()
+        for group in self.groups.values():
+            for location, count in group.locations.items():
+                kinds[location.split(":", 1)[0]] += count
+        return kinds
+
+    @property
+    def expired(self) -> int:
+        return sum(group.expired for group in self.groups.values())
+
+    def add_item(self, item: Item, outcome: Outcome) -> None:
+        self.add(item.location, item.headers, item.size, item.decoded, outcome)
+
+    def add(
+        self,
+        location: str,
+        headers: Mapping[str, Any],
+        size: int | None,
+        decoded: DecodedMessage | Undecodable,
+        outcome: Outcome,
+    ) -> None:
         task = decoded.task_name or "<unknown>"
-        headers = item.headers
-        eta = parse_time(headers.get("eta")) if headers.get("eta") else None
-        expires = parse_time(headers.get("expires")) if headers.get("expires") else None
-        expired = expires is not None and expires < self.now
-        group = self.groups.get((task, outcome.verdict))
+        verdict = outcome.verdict
+        group = self.groups.get((task, verdict))
         if group is None:
-            group = self.groups[(task, outcome.verdict)] = Group(task, outcome.verdict)
-        group.add(item.location, decoded.task_id, outcome.reason, eta, expired)
-        self.totals[outcome.verdict] += 1
-        kind = self._location_kinds.get(item.location)
-        if kind is None:
-            kind = self._location_kinds[item.location] = item.location.split(":", 1)[0]
-        self.by_location[kind] += 1
+            group = self.groups[(task, verdict)] = Group(task, verdict)
+        raw_eta = headers.get("eta")
+        raw_expires = headers.get("expires")
+        if raw_eta or raw_expires or outcome.reason or len(group.samples) < SAMPLES:
+            eta = parse_time(raw_eta) if raw_eta else None
+            expires = parse_time(raw_expires) if raw_expires else None
+            group.add(
+                location, decoded.task_id, outcome.reason, eta, expires is not None and expires < self.now
+            )
+        else:  # the common case: a plain message that runs
+            group.count += 1
+            group.locations[location] += 1
         self.scanned += 1
-        if expired:
-            self.expired += 1
-        if outcome.verdict is Verdict.UNDECIDABLE and outcome.reason:
+        if verdict is Verdict.UNDECIDABLE and outcome.reason:
             reason = outcome.reason.split(";")[0][:80]
             if reason in self.undecidable_reasons or len(self.undecidable_reasons) < 20:
                 self.undecidable_reasons[reason] += 1
-        if item.size is not None:
-            heap = self.largest.setdefault(task, [])
-            entry = (item.size, decoded.task_id or "?")
+        if size is not None:
+            heap = self.largest.get(task)
+            if heap is None:
+                heap = self.largest[task] = []
             if len(heap) < LARGEST:
-                heapq.heappush(heap, entry)
-            elif entry > heap[0]:
-                heapq.heapreplace(heap, entry)
-            if item.size > self.oversize:
+                heapq.heappush(heap, (size, decoded.task_id or "?"))
+            elif size > heap[0][0]:
+                heapq.heapreplace(heap, (size, decoded.task_id or "?"))
+            if size > self.oversize:
                 self.oversized[task] += 1
 
     @property
     def breaking(self) -> int:
-        return sum(self.totals[v] for v in BREAKING)
+        totals = self.totals
+        return sum(totals[v] for v in BREAKING)
 
     def sorted_groups(self) -> list[Group]:
         return sorted(self.groups.values(), key=lambda g: (-_SEVERITY[g.verdict], g.task))
+
+
+def judge_raw(raws: Iterable[Any], location: str, judge: Judge, report: Report) -> None:
+    """Decode, judge and count stored messages: the scan's hot loop, with no per-message wrapper."""
+    from deploykit.scan.decode import decode
+
+    add = report.add
+    judge_message = judge.message
+    for raw in raws:
+        decoded = decode(raw)
+        if isinstance(decoded, Undecodable):
+            outcome = Outcome(Verdict.UNDECIDABLE, decoded.reason)
+        else:
+            outcome = judge_message(decoded)
+        add(location, raw.headers, raw.size, decoded, outcome)
 
 
 def scan(items: Iterable[Item], judge: Judge, report: Report) -> Report:
@@ -219,5 +264,5 @@ def scan(items: Iterable[Item], judge: Judge, report: Report) -> Report:
             outcome = Outcome(Verdict.UNDECIDABLE, decoded.reason)
         else:
             outcome = judge.message(decoded)
-        report.add(item, outcome)
+        report.add_item(item, outcome)
     return report

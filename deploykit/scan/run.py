@@ -9,6 +9,7 @@ workers hold, ETA ones included), the workers' reserved and scheduled tasks thro
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -21,8 +22,8 @@ from deploykit.fleet.base import Fleet
 from deploykit.manifest.model import BeatEntry, Manifest
 from deploykit.scan.bind import Param, TaskSpec
 from deploykit.scan.decode import DecodedMessage, TaskCall, _shape_from_repr
-from deploykit.scan.engine import Item, Judge, Report, scan
-from deploykit.scan.sources import beat_items, django_beat_items, item_from_raw, unacked_items, worker_items
+from deploykit.scan.engine import Item, Judge, Report, judge_raw, scan
+from deploykit.scan.sources import beat_items, django_beat_items, worker_items
 
 Progress = Callable[[int, float], None]
 
@@ -62,11 +63,17 @@ def manifest_beat_items(entries: Iterable[BeatEntry]) -> Iterator[Item]:
         yield Item(location, {}, None, DecodedMessage(None, entry.task, (call,), None))
 
 
-def _counted(items: Iterable[Item], progress: Progress | None, every: int = 50_000) -> Iterator[Item]:
+def _progress(
+    items: Iterator[Any], report: Report, progress: Progress | None, every: int = 50_000
+) -> Iterator[Any]:
+    """Pass items through, calling ``progress(scanned, elapsed)`` every ``every`` messages."""
+    if progress is None:
+        yield from items
+        return
     started = time.monotonic()
-    for count, item in enumerate(items, start=1):
-        if progress is not None and count % every == 0:
-            progress(count, time.monotonic() - started)
+    for index, item in enumerate(items, start=1):
+        if index % every == 0:
+            progress(report.scanned, time.monotonic() - started)
         yield item
 
 
@@ -89,13 +96,12 @@ def run_scan(
     report = Report(now, oversize)
     judge = Judge(task_specs(new), task_specs(old) if old is not None else None)
     seen_ids: set[str] = set()
-    sources: list[Iterable[Item]] = []
 
     readable: list[str] = []
     for queue in queues:
         try:
-            iterator = iter(broker.iter_messages(queue))
-            first = next(iterator, None)
+            messages = iter(broker.iter_messages(queue))
+            first = next(messages, None)
         except Refused:
             if peek is None:
                 report.notes.append(
@@ -103,16 +109,23 @@ def run_scan(
                     "pass --peek to sample it (RabbitMQ requeues peeked messages and marks them redelivered)"
                 )
                 continue
-            messages, note = broker.peek_messages(queue, peek.limit, allow_quorum=peek.allow_quorum)
+            peeked, note = broker.peek_messages(queue, peek.limit, allow_quorum=peek.allow_quorum)
             report.notes.append(note)
-            sources.append([item_from_raw(raw, f"queue:{queue}") for raw in messages])
+            judge_raw(peeked, f"queue:{queue}", judge, report)
             continue
         readable.append(queue)
         if first is not None:
-            sources.append(_chain_first(first, iterator, queue, item_from_raw))
-    sources.append(unacked_items(broker, seen_ids))
-
-    scan(_counted((i for source in sources for i in source), progress), judge, report)
+            judge_raw(
+                _progress(itertools.chain((first,), messages), report, progress),
+                f"queue:{queue}",
+                judge,
+                report,
+            )
+    for raw in broker.unacked_messages():
+        task_id = raw.headers.get("id")
+        if isinstance(task_id, str):
+            seen_ids.add(task_id)
+        judge_raw((raw,), f"unacked:{raw.queue or '?'}", judge, report)
 
     nodes = list(workers)
     if fleet is not None and nodes:
@@ -134,11 +147,3 @@ def run_scan(
             scan(manifest_beat_items(new.beat), judge, report)
     report.notes.insert(0, f"queues read: {', '.join(readable) if readable else 'none'}")
     return report
-
-
-def _chain_first(
-    first: Any, rest: Iterator[Any], queue: str, make: Callable[[Any, str], Item]
-) -> Iterator[Item]:
-    yield make(first, f"queue:{queue}")
-    for raw in rest:
-        yield make(raw, f"queue:{queue}")
