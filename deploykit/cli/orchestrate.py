@@ -31,7 +31,7 @@ from deploykit.cli.common import (
     warn,
 )
 from deploykit.config import parse_duration
-from deploykit.errors import UsageError
+from deploykit.errors import DeploykitError, UsageError
 
 SCHEMA_VERSION = 1
 
@@ -351,7 +351,10 @@ def shutdown(
         flags = merged_flags(ctx, app_, broker, management_url, None)
         with open_session(flags) as session:
             display = _progress(quiet)
-            records = _records(session, "7d")
+            try:  # only to tidy the record afterwards: never a reason not to shut down
+                records = _records(session, "7d")
+            except DeploykitError:
+                records = None
             try:
                 options = ShutdownOptions(
                     workers=tuple(worker or ()), timeout=deadline, control_exchange=session.control_exchange
@@ -363,7 +366,8 @@ def shutdown(
                     result = machine.run()
             finally:
                 display.finish()
-                records.close()
+                if records is not None:
+                    records.close()
         if json_:
             _emit("shutdown", session, result)
         else:

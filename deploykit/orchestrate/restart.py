@@ -369,7 +369,10 @@ class RestartMachine:
         if not pending:
             # The new processes consume their configured queues: the drain's record is spent.
             if self._drain is not None:
-                self.records.remove(self._drain.cancelled)
+                try:
+                    self.records.remove(self._drain.cancelled)
+                except DeploykitError:  # housekeeping only; `resume --forget-missing` tidies up
+                    pass
             self.batch.status = "restarted"
             self.current += 1
             if self.current < len(self.batches):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from deploykit.brokers.base import Broker
 from deploykit.brokers.records import RecordStore
-from deploykit.errors import ExitCode
+from deploykit.errors import DeploykitError, ExitCode
 from deploykit.fleet.base import Fleet
 from deploykit.orchestrate.common import (
     HELD_COMMANDS,
@@ -273,11 +273,14 @@ class ShutdownMachine:
 
     def _finish(self) -> None:
         if self.records is not None:
-            stale = [r for r in self.records.load() if r.worker in self.gone]
-            if stale:
-                self.records.remove(stale)
-                self.forgotten = len(stale)
-                self.notes.append(f"dropped {len(stale)} record entr(y/ies) of the stopped worker(s)")
+            try:
+                stale = [r for r in self.records.load() if r.worker in self.gone]
+                if stale:
+                    self.records.remove(stale)
+                    self.forgotten = len(stale)
+                    self.notes.append(f"dropped {len(stale)} record entr(y/ies) of the stopped worker(s)")
+            except DeploykitError as exc:  # housekeeping only: the shutdown itself succeeded
+                self.notes.append(f"could not tidy the deploykit record: {exc.message}")
         names = ", ".join(self.selected)
         back = f"; {self.returned} held message(s) back in the broker" if self.returned is not None else ""
         self.message = f"{names} shut down warmly in {self.clock.elapsed:.1f}s{back}"
