@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -115,10 +116,34 @@ def main() -> int:
             "And the messages already waiting (queued, and ETA tasks the workers hold) would break like this:"
         )
         run(["scan", "-A", "deploykit.demo.app_v2", "--manifest", str(manifest)], env)
+
+        say("""
+            Release time (of a compatible build). Stop intake and let in-flight work finish: drain.
+            Every consumer it cancels is recorded in the broker first.""")
+        run(["drain", "--timeout", "60s"], env)
+        say("resume re-adds exactly the consumers drain cancelled (from any machine, any later step):")
+        run(["resume"], env)
+        restarted = (
+            f"{sys.executable} -m celery -A deploykit.demo.app worker -n {{nodename}} -Q {{queues}} "
+            f"--detach --logfile {logdir}/{{name}}-2.log --pidfile {logdir}/{{name}}-2.pid"
+        )
+        say("""
+            A rolling restart, one worker at a time: drain, warm shutdown (the ETA tasks it held go
+            back to Redis, and are counted), start again, wait until it answers, next.""")
+        run(["restart", "--batch", "1", "--exec", restarted], env)
+        say("The new workers picked the ETA tasks up again, nothing lost:")
+        run(["scheduled"], env)
+        say("Finally stop everything warmly, and verify what the workers held is back in the broker:")
+        run(["shutdown", "--timeout", "60s"], env)
     finally:
         say("Stopping the demo workers (warm shutdown) and the embedded Redis.")
         for worker in workers:
             worker.stop(timeout=20)
+        for pidfile in logdir.glob("*-2.pid"):  # workers the restart started, if still running
+            try:
+                os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+            except (OSError, ValueError):
+                pass
         redis.stop()
     print("Done.")
     return 0
