@@ -185,7 +185,9 @@ def drain(
         typer.Option(
             "--incompatible-with",
             metavar="MANIFEST",
-            help="(not implemented yet) narrow --until-empty to messages the new release cannot run.",
+            help="With --until-empty: wait only until no waiting message is one the new release (this "
+            "manifest) would fail, misbind or discard (runs the scan every second; needs a broker whose "
+            "queues can be read without consuming them: Redis).",
         ),
     ] = None,
     rollback_on_timeout: Annotated[
@@ -215,8 +217,8 @@ def drain(
     from deploykit.orchestrate.drain import DrainMachine, DrainOptions
 
     with handle_errors():
-        if incompatible_with is not None:
-            raise UsageError("--incompatible-with is not implemented yet; use --until-empty")
+        if incompatible_with is not None and not until_empty:
+            raise UsageError("--incompatible-with narrows --until-empty: pass both")
         if until_empty and (min_consumers or rollback_on_timeout):
             raise UsageError(
                 "--until-empty cancels nothing: --min-consumers/--rollback-on-timeout do not apply"
@@ -237,8 +239,15 @@ def drain(
                     rollback_on_timeout=rollback_on_timeout,
                     control_exchange=session.control_exchange,
                 )
+                counter = _incompatible_counter(session, incompatible_with) if incompatible_with else None
                 machine = DrainMachine(
-                    session.fleet, session.broker, records, options, timing=Timing(), progress=display
+                    session.fleet,
+                    session.broker,
+                    records,
+                    options,
+                    timing=Timing(),
+                    progress=display,
+                    incompatible=counter,
                 )
                 with interruptible():
                     result = machine.run()
@@ -250,6 +259,36 @@ def drain(
         else:
             _render_drain(result)
         _finish(result)
+
+
+def _incompatible_counter(session: Any, manifest: str) -> Any:
+    """``(queues, workers) -> breaking messages`` through the compatibility scan."""
+    from pathlib import Path
+
+    from deploykit.manifest.model import read
+    from deploykit.scan.run import run_scan
+
+    if session.broker.kind != "redis":
+        raise UsageError(
+            "--incompatible-with needs to read waiting messages without consuming them; "
+            f"{session.broker.kind} cannot: use plain --until-empty"
+        )
+    new = read(Path(manifest))
+
+    def count(queues: Any, workers: Any) -> int:
+        report = run_scan(
+            broker=session.broker,
+            new=new,
+            old=None,
+            now=datetime.now(timezone.utc),
+            queues=list(queues),
+            fleet=session.fleet,
+            workers=list(workers),
+            include_beat=False,
+        )
+        return int(report.breaking)
+
+    return count
 
 
 def _render_drain(result: Any) -> None:

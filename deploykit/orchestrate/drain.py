@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -51,6 +51,10 @@ CONFIRM_WINDOW = 5.0
 BROKER_GRACE = 60.0
 #: Consecutive ticks a worker may miss before we ping it to see whether it is gone.
 MISSES_BEFORE_PING = 3
+
+
+#: ``(queues, workers) -> number of waiting messages the new release would not run``.
+IncompatibleCounter = Callable[[Sequence[str], Sequence[str]], int]
 
 
 class DrainState(str, enum.Enum):
@@ -117,9 +121,13 @@ class Remaining:
     #: ``until_empty``: messages waiting / unacknowledged in the broker.
     ready: int | None = None
     unacked: int | None = None
+    #: ``until_empty`` with ``incompatible_with``: messages the new release would not run.
+    incompatible: int | None = None
 
     @property
     def total(self) -> int:
+        if self.incompatible is not None:
+            return self.incompatible
         return self.active + self.reserved + self.eta_waited + (self.ready or 0) + (self.unacked or 0)
 
 
@@ -189,6 +197,7 @@ class DrainMachine:
         timing: Timing | None = None,
         progress: ProgressCallback = no_progress,
         drain_id: str | None = None,
+        incompatible: IncompatibleCounter | None = None,
     ) -> None:
         self.fleet = fleet
         self.broker = broker
@@ -197,6 +206,8 @@ class DrainMachine:
         self.timing = timing or Timing()
         self.progress = progress
         self.drain_id = drain_id or uuid.uuid4().hex[:12]
+        #: With ``until_empty``: counts the waiting messages the new release would not run.
+        self.incompatible = incompatible
         self.state = DrainState.SELECT
         self.clock = Clockwork(self.timing, options.timeout)
         self.online: list[str] = []
@@ -441,6 +452,20 @@ class DrainMachine:
         self._timeout_or_sleep()
 
     def _wait_empty(self) -> None:
+        if self.incompatible is not None:
+            nodes = [n for n in self.consumers if n not in self.lost]
+            count = self.incompatible(self.queues, nodes)
+            self.remaining = Remaining(incompatible=count)
+            self._report("until-compatible")
+            if count == 0:
+                self.message = (
+                    f"no message the new release cannot run is left in {', '.join(self.queues)} "
+                    f"after {self.clock.elapsed:.1f}s"
+                )
+                self.state = DrainState.DRAINED
+                return
+            self._timeout_or_sleep(minimum=1.0)  # a scan reads every message: not every 0.2 s
+            return
         report = self.broker.queue_stats(self.queues)
         ready = sum(q.ready or 0 for q in report.queues)
         unacked = sum(q.unacked or 0 for q in report.queues)
@@ -477,7 +502,7 @@ class DrainMachine:
             return
         self._timeout_or_sleep()
 
-    def _timeout_or_sleep(self) -> None:
+    def _timeout_or_sleep(self, minimum: float = 0.0) -> None:
         if self.clock.expired:
             self.message = (
                 f"timed out after {self.clock.elapsed:.1f}s with {self.remaining.total} task(s) left"
@@ -490,7 +515,8 @@ class DrainMachine:
             self.state = DrainState.TIMEOUT
             return
         left = self.clock.left
-        self.timing.sleep(self.timing.tick if left is None else max(0.0, min(self.timing.tick, left)))
+        tick = max(self.timing.tick, minimum)
+        self.timing.sleep(tick if left is None else max(0.0, min(tick, left)))
 
     def _from_drained_queue(self, task: HeldTask) -> bool:
         """With ``--queue``, the worker keeps consuming its other queues: wait only for this work.
@@ -560,7 +586,11 @@ class DrainMachine:
             status=state.value,
             exit_code=int(TERMINAL[state]),
             message=self.message,
-            mode="until-empty" if self.options.until_empty else "cancel",
+            mode=(
+                ("until-compatible" if self.incompatible is not None else "until-empty")
+                if self.options.until_empty
+                else "cancel"
+            ),
             drain_id=self.drain_id,
             workers=tuple(self.selected),
             queues=tuple(self.queues),

@@ -136,3 +136,37 @@ def test_shutdown_hands_back_reserved_and_eta_tasks(redis_url, start_workers):
     assert succeeded(w1.log()) == 1  # the running task finished
     assert client.hlen("unacked") == 0
     assert client.llen("celery") == 3  # 2 reserved + 1 ETA are back in the queue
+
+
+def test_until_empty_incompatible_with_waits_only_for_messages_the_new_release_cannot_run(
+    redis_url, start_workers, tmp_path
+):
+    import json
+
+    from tests.orchestrate.live import control
+
+    new = tmp_path / "new.json"
+    snap = deploykit(redis_url, "manifest", "snapshot", "-A", "tests.apps.basic", "-o", str(new))
+    assert snap.returncode == 0, snap.stderr
+    manifest = json.loads(new.read_text())
+    del manifest["tasks"]["tests.apps.basic.add"]  # the new release drops `add`
+    new.write_text(json.dumps(manifest))
+
+    start_workers(redis_url, [("w1@dk", ("celery",))])
+    for i in range(2):
+        send(redis_url, ADD, (i, i), queue="reports")
+    send(redis_url, "tests.apps.basic.send_email", ("a@b",), queue="reports")
+
+    args = ("drain", "--until-empty", "--incompatible-with", str(new), "--queue", "reports", "--json")
+    late = deploykit(redis_url, *args, "--timeout", "2s")
+    doc = result_json(late)
+    assert late.returncode == 3, late.stderr
+    assert doc["mode"] == "until-compatible" and doc["remaining"]["incompatible"] == 2
+    assert doc["cancelled"] == []
+
+    proc = deploykit_bg(redis_url, *args, "--timeout", "60s")
+    time.sleep(1.5)
+    control(redis_url).add_consumer("reports", destination=["w1@dk"], reply=True)  # old code runs them
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["status"] == "drained"

@@ -311,3 +311,27 @@ def test_a_broker_outage_while_waiting_is_ridden_out_then_gives_up_with_69():
     result = DrainMachine(fleet2, broker(), MemoryRecordStore(), DrainOptions(), timing=clock2.timing()).run()
     assert result.status == "unavailable" and result.exit_code == 69
     assert "run `deploykit resume`" in result.message
+
+
+def test_until_empty_with_an_incompatibility_counter_waits_for_it_only():
+    clock = FakeClock()
+    fleet = fleet_of(clock, w1=SimWorker(["celery"], [("a", "active", None)]))
+    counts = iter([3, 1, 0])
+    asked = []
+
+    def incompatible(queues, workers):
+        asked.append((list(queues), list(workers)))
+        return next(counts)
+
+    result = DrainMachine(
+        fleet,
+        broker(),
+        MemoryRecordStore(),
+        DrainOptions(until_empty=True, queues=("celery",)),
+        timing=clock.timing(),
+        incompatible=incompatible,
+    ).run()
+    assert result.status == "drained" and result.mode == "until-compatible"
+    assert result.remaining.incompatible == 0
+    assert asked == [(["celery"], ["w1@h"])] * 3
+    assert clock.sleeps == [1.0, 1.0]  # a scan per second, not per tick
