@@ -249,3 +249,24 @@ def test_supervisor_starter_finds_the_program_by_pid_and_starts_it():
         starter.target(WorkerRef("w9@h", 999))
     mapped = SupervisorStarter("unix:///x.sock", programs=parse_programs(["w9@h=busy"]), proxy=proxy)
     assert mapped.target(WorkerRef("w9@h", 999)) == "busy"
+
+
+def test_interrupt_during_a_batch_drain_puts_consumers_back_and_stops():
+    clock = FakeClock()
+    fleet = three(clock)
+    fleet.workers["w1@h"].tasks = [("long", "active", None)]
+    start = clock.t
+
+    def ctrl_c(t: float) -> None:
+        if t > start + 1.0:
+            raise KeyboardInterrupt
+
+    clock.hooks.append(ctrl_c)
+    records = MemoryRecordStore()
+    result = RestartMachine(
+        fleet, broker(fleet), records, ReviveStarter(fleet), RestartOptions(), timing=clock.timing()
+    ).run()
+    assert result.status == "interrupted" and result.exit_code == 130
+    assert "interrupted during drain" in result.message
+    assert fleet.workers["w1@h"].queues == ["celery"] and records.load() == []
+    assert fleet.commands("shutdown") == [] and result.untouched == ("w2@h", "w3@h")
