@@ -294,11 +294,11 @@ def _incompatible_counter(session: Any, manifest: str) -> Any:
 def _render_drain(result: Any) -> None:
     _say(f"{result.status}: {result.message}")
     if result.cancelled:
-        _say("cancelled consumers: " + ", ".join(f"{c.queue}@{c.worker}" for c in result.cancelled))
+        _say("cancelled consumers: " + ", ".join(f"{c.queue} on {c.worker}" for c in result.cancelled))
     if result.rolled_back:
         _say("rolled back: the consumers above were re-added")
     for ref in result.not_restored:
-        _say(f"NOT re-added (kept in the record, run `deploykit resume`): {ref.queue}@{ref.worker}")
+        _say(f"NOT re-added (kept in the record, run `deploykit resume`): {ref.queue} on {ref.worker}")
     if result.lost_workers:
         _say("lost workers: " + ", ".join(result.lost_workers))
     if result.held_eta:
@@ -354,9 +354,9 @@ def resume(
         else:
             _say(f"{result.status}: {result.message}")
             for ref in result.restored:
-                _say(f"  re-added {ref.queue}@{ref.worker}")
+                _say(f"  re-added {ref.queue} on {ref.worker}")
             for ref in result.not_restored:
-                _say(f"  kept in the record: {ref.queue}@{ref.worker}")
+                _say(f"  kept in the record: {ref.queue} on {ref.worker}")
         _finish(result)
 
 

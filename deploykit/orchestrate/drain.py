@@ -386,7 +386,7 @@ class DrainMachine:
         if self.timing.clock() - self._confirm_started < CONFIRM_WINDOW:
             self.timing.sleep(self.timing.tick)
             return
-        names = ", ".join(f"{r.queue}@{r.worker}" for r in pending)
+        names = ", ".join(f"{r.queue} on {r.worker}" for r in pending)
         self.rollback()
         self.message = (
             f"cancel_consumer not confirmed for {names}; every consumer this drain cancelled "

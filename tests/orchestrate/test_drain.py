@@ -93,7 +93,7 @@ def test_a_worker_that_does_not_ack_cancel_fails_and_everything_is_put_back():
     records = MemoryRecordStore()
     result = DrainMachine(fleet, broker(), records, DrainOptions(), timing=clock.timing()).run()
     assert result.status == "failed" and result.exit_code == 1
-    assert "celery@w2@h" in result.message
+    assert "celery on w2@h" in result.message
     assert fleet.workers["w1@h"].queues == ["celery"] and fleet.workers["w2@h"].queues == ["celery"]
     assert records.load() == [] and result.rolled_back
 
