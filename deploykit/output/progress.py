@@ -1,7 +1,8 @@
 """Live progress on stderr: what remains, the rate, elapsed time and the estimated time left.
 
 On a terminal one line is redrawn in place; otherwise (CI logs, ``kubectl logs``) a plain line is
-written when the remaining count changes, and at most every ``interval`` seconds otherwise.
+written when the remaining count changes (at most once a second), and every ``interval`` seconds
+otherwise.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import TextIO
 from deploykit.orchestrate.common import Progress
 from deploykit.output.humanize import duration
 
+#: Plain (non-TTY) output: at most one line per this many seconds while the count changes.
+MIN_GAP = 1.0
 #: Seconds of history the rate is measured over.
 RATE_WINDOW = 30.0
 
@@ -60,12 +63,20 @@ class ProgressDisplay:
             self.stream.write("\r\x1b[2K" + line)
             self.stream.flush()
             self._drawn = True
-        elif progress.remaining != self._last_remaining or now - self._last_written >= self.interval:
+        elif self._due(progress, now):
             self.stream.write(line + "\n")
             self.stream.flush()
             self._last_written = now
         self._last_remaining = progress.remaining
         self._last_line = line
+
+    def _due(self, progress: Progress, now: float) -> bool:
+        """Plain lines: on a change (at most one a second, but always the final 0), else every interval."""
+        if now - self._last_written >= self.interval:
+            return True
+        if progress.remaining == self._last_remaining:
+            return False
+        return progress.remaining == 0 or now - self._last_written >= MIN_GAP
 
     def rate(self) -> float | None:
         """Tasks (or workers, messages) finished per second over the recent window."""

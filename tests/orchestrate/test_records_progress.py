@@ -66,11 +66,16 @@ def test_rabbitmq_record_store_keeps_a_global_parameter_and_expires_it():
 
 def test_progress_plain_lines_show_remaining_rate_elapsed_and_eta():
     out = io.StringIO()
-    display = ProgressDisplay(out, tty=False, interval=100, clock=lambda: 0.0)
+    now = [0.0]
+    display = ProgressDisplay(out, tty=False, interval=100, clock=lambda: now[0])
     display(Progress("drain", 10, 0.0, 10, "active 2, reserved 8"))
+    now[0] = 1.0
     display(Progress("drain", 10, 1.0, 10))  # unchanged: not repeated
+    now[0] = 2.0
     display(Progress("drain", 6, 2.0, 10))
-    display(Progress("drain", 0, 4.0, 10))
+    now[0] = 2.2
+    display(Progress("drain", 5, 2.2, 10))  # changed, but within a second of the last line
+    display(Progress("drain", 0, 4.0, 10))  # the final line always shows
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("drain: 10 left (active 2, reserved 8) · rate -")
     assert len(lines) == 3
