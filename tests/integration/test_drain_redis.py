@@ -47,7 +47,14 @@ def test_drain_waits_for_running_and_reserved_tasks_then_resume_readds(redis_url
         ("w1@dk", "celery"),
         ("w1@dk", "emails"),
     ]
-    assert doc["remaining"] == {"active": 0, "reserved": 0, "eta_waited": 0, "ready": None, "unacked": None}
+    assert doc["remaining"] == {
+        "active": 0,
+        "reserved": 0,
+        "eta_waited": 0,
+        "ready": None,
+        "unacked": None,
+        "incompatible": None,
+    }
     assert active_queues(redis_url, "w1@dk") == []
     assert active_queues(redis_url, "w2@dk") == ["celery"]
     assert len(ids) == 3
