@@ -55,6 +55,7 @@ from deploykit.cli import orchestrate as _orchestrate  # noqa: E402,F401
 from deploykit.cli import health as _health  # noqa: E402,F401
 # isort: on
 
+
 def main() -> None:
     """Console-script entry point."""
     app()
