@@ -43,11 +43,12 @@ from deploykit.brokers.base import (
     DelayedStore,
     QueueReport,
     QueueStats,
+    RawMessage,
     is_delayed_queue,
     is_internal_queue,
 )
 from deploykit.config import DEFAULT_TIMEOUT, Redactor, default_management_url, mask_url, parse_duration
-from deploykit.errors import DeploykitError, Unavailable, UsageError
+from deploykit.errors import DeploykitError, Refused, Unavailable, UsageError
 
 #: RabbitMQ's default delivery acknowledgement timeout, 30 minutes since 3.8.17
 #: (https://www.rabbitmq.com/docs/consumers#acknowledgement-timeout; celery-internals §4.4).
@@ -519,6 +520,59 @@ class RabbitMQBroker(Broker):
         # is every message they hold.
         return DelayedStore(queues=tuple(present), messages=total, note=note)
 
+    def peek_messages(
+        self, queue: str, limit: int, *, allow_quorum: bool = False
+    ) -> tuple[list[RawMessage], str]:
+        """Sample up to ``limit`` messages through the management API's ``get`` — which is not a
+        read: RabbitMQ has no non-destructive peek (celery-internals §4.2). ``ack_requeue_true``
+        puts them back: in place but marked ``redelivered`` on classic queues; at the back, with
+        ``x-delivery-count`` raised, on quorum queues (where RabbitMQ 4's default delivery limit of
+        20 then drops or dead-letters them), so quorum queues are refused unless allowed.
+        """
+        rows = self._management_queues()
+        if rows is None:
+            raise Unavailable(f"cannot peek {queue}: the management API {self.management_problem}")
+        row = rows.get(queue)
+        if row is None:
+            return [], f"queue {queue} not peeked: the broker does not know it"
+        queue_type = row.get("type")
+        if queue_type == "stream":
+            return [], f"queue {queue} not peeked: streams are not task queues"
+        if queue_type == "quorum" and not allow_quorum:
+            waiting = _count(row, "messages_ready")
+            raise Refused(
+                f"queue {queue} not peeked ({waiting if waiting is not None else '?'} message(s) unchecked): "
+                "it is a quorum queue, where peeking moves messages to the back and counts towards "
+                "their delivery limit; pass --force to accept that"
+            )
+        assert self.management is not None
+        path = f"/api/queues/{quote(self.vhost, safe='')}/{quote(queue, safe='')}/get"
+        body = {"count": int(limit), "ackmode": "ack_requeue_true", "encoding": "base64"}
+        try:
+            response = self._client().post(path, json=body)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"cannot peek {queue}: {self._describe_os_error(exc)}") from None
+        if response.status_code != 200:
+            raise Unavailable(f"cannot peek {queue}: the management API answered HTTP {response.status_code}")
+        try:
+            items = response.json()
+        except ValueError:
+            raise Unavailable(f"cannot peek {queue}: the management API did not answer JSON") from None
+        messages = (
+            [_peeked(queue, item) for item in items if isinstance(item, dict)]
+            if isinstance(items, list)
+            else []
+        )
+        effect = (
+            "moved to the back of the queue with their delivery count raised"
+            if queue_type == "quorum"
+            else "requeued in place and marked redelivered"
+        )
+        return messages, (
+            f"peeked {len(messages)} message(s) of {queue} ({queue_type or 'classic'}) through the "
+            f"management API: they were {effect}"
+        )
+
     def worker_mailboxes(self, control_exchange: str = "celery") -> list[str] | None:
         """Nodes whose ``<node>.<control_exchange>.pidbox`` queue exists; ``None`` without the API.
 
@@ -555,6 +609,30 @@ class RabbitMQBroker(Broker):
         if self._http is not None:
             self._http.close()
             self._http = None
+
+
+def _peeked(queue: str, item: Mapping[str, Any]) -> RawMessage:
+    """A message from the management API's ``get`` reply (payload base64, properties as AMQP has them)."""
+    found = item.get("properties")
+    props: dict[str, Any] = found if isinstance(found, dict) else {}
+    found = props.get("headers")
+    headers: dict[str, Any] = found if isinstance(found, dict) else {}
+    # The API shows AMQP void (None) header values as the string "undefined" (celery-internals §2.1).
+    headers = {k: (None if v == "undefined" else v) for k, v in headers.items()}
+    size = item.get("payload_bytes")
+    return RawMessage(
+        "ready",
+        queue,
+        headers,
+        props,
+        item.get("payload", ""),
+        "base64" if item.get("payload_encoding") == "base64" else None,
+        props.get("content_type"),
+        props.get("content_encoding"),
+        size if isinstance(size, int) else 0,
+        None,
+        None,
+    )
 
 
 def _count(row: Mapping[str, Any], key: str) -> int | None:

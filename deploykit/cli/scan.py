@@ -96,6 +96,11 @@ def scan_broker(
             known.update(t.queue for t in new.tasks.values() if t.queue)
             known.update(app_queue_names(session.app))
             names = sorted(known)
+            if peek:
+                # Native delayed delivery keeps ETA tasks in celery_delayed_* (celery-internals §4.3).
+                delayed = session.broker.queue_stats([]).delayed
+                if delayed is not None and delayed.messages:
+                    names += sorted(delayed.queues)
         nodes: list[str] = []
         if session.fleet is not None:
             nodes = list(discover(session.fleet, session.broker, session.control_exchange).nodes)

@@ -109,7 +109,11 @@ def run_scan(
                     "pass --peek to sample it (RabbitMQ requeues peeked messages and marks them redelivered)"
                 )
                 continue
-            peeked, note = broker.peek_messages(queue, peek.limit, allow_quorum=peek.allow_quorum)
+            try:
+                peeked, note = broker.peek_messages(queue, peek.limit, allow_quorum=peek.allow_quorum)
+            except Refused as refused:
+                report.notes.append(refused.message)
+                continue
             report.notes.append(note)
             judge_raw(peeked, f"queue:{queue}", judge, report)
             continue

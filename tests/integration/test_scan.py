@@ -213,3 +213,71 @@ def test_check_with_broker_adds_waiting_message_findings(redis_url, tmp_path):
     assert notify["file"].endswith("tests/apps/shop_v2.py") and notify["line"]
     assert "2 waiting message(s)" in notify["message"]
     assert any("waiting message(s) checked" in note for note in doc["notes"])
+
+
+def _rabbit_queue(client, vhost: str, name: str) -> dict:
+    from urllib.parse import quote
+
+    return client.get(f"/api/queues/{quote(vhost, safe='')}/{name}").json()
+
+
+def test_rabbitmq_queues_are_read_only_with_peek_and_quorum_only_when_forced(
+    rabbitmq_url, rabbitmq_vhost, tmp_path
+):
+    import httpx
+    from celery import Celery
+    from kombu import Queue
+
+    env = {"DEPLOYKIT_TEST_BROKER": rabbitmq_url}
+    old_manifest = tmp_path / "v1.json"
+    _snapshot("tests.apps.shop_v1", old_manifest, env)
+    producer = Celery("producer", broker=rabbitmq_url, set_as_current=False)
+    producer.conf.task_queues = [Queue("celery"), Queue("strict", queue_arguments={"x-queue-type": "quorum"})]
+    producer.send_task("shop.notify", args=[1], queue="celery")
+    producer.send_task("shop.charge", args=[1, 2.0], queue="celery")
+    producer.send_task("shop.report", args=[3], queue="celery")
+    producer.send_task("shop.legacy_sync", args=["a"], queue="strict")
+
+    args = [
+        "scan",
+        "-A",
+        "tests.apps.shop_v2",
+        "-b",
+        rabbitmq_url,
+        "--manifest",
+        str(old_manifest),
+        "--no-beat",
+        "--json",
+        "-Q",
+        "celery",
+        "-Q",
+        "strict",
+    ]
+    unread = json.loads(deploykit(*args, env=env).stdout)
+    assert unread["totals"]["scanned"] == 0
+    assert any("pass --peek" in note for note in unread["notes"])
+
+    peeked = deploykit(*args, "--peek", env=env)
+    assert peeked.returncode == 1, peeked.stderr
+    doc = json.loads(peeked.stdout)
+    verdicts = {(g["task"], g["verdict"]) for g in doc["groups"]}
+    assert verdicts == {("shop.notify", "fails"), ("shop.charge", "misbound"), ("shop.report", "runs")}
+    assert any("requeued in place and marked redelivered" in note for note in doc["notes"])
+    assert any("quorum queue" in note and "--force" in note for note in doc["notes"])
+
+    forced = json.loads(deploykit(*args, "--peek", "--force", env=env).stdout)
+    assert ("shop.legacy_sync", "discarded") in {(g["task"], g["verdict"]) for g in forced["groups"]}
+    assert any("moved to the back" in note for note in forced["notes"])
+
+    # Nothing was consumed: the messages are all still there.
+    with httpx.Client(base_url="http://127.0.0.1:15672", auth=("guest", "guest")) as client:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            counts = (
+                _rabbit_queue(client, rabbitmq_vhost, "celery").get("messages"),
+                _rabbit_queue(client, rabbitmq_vhost, "strict").get("messages"),
+            )
+            if counts == (3, 1):
+                break
+            time.sleep(0.5)
+        assert counts == (3, 1)
