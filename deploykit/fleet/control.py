@@ -173,6 +173,12 @@ def _translate(exc: BaseException, display_url: str) -> Exception:
     """Map kombu/redis/amqp connection errors to deploykit errors (no secrets in messages)."""
     from deploykit.config import Redactor
 
+    if isinstance(exc, FileNotFoundError):
+        # kombu's filesystem transport: a data folder that does not exist is a configuration error.
+        return UsageError(
+            f"broker {display_url}: {exc.strerror}: {exc.filename!r} "
+            "(set data_folder_in/data_folder_out in the transport options)"
+        )
     scrub = Redactor()
     text = scrub(str(exc)) or type(exc).__name__
     name = type(exc).__name__

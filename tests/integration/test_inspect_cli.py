@@ -157,6 +157,7 @@ def test_no_worker_online(redis_url):
         (["status", "-b", "redis://x/0", "--timeout", "soon"], 2, "invalid timeout"),
         (["scheduled", "-b", "redis://x/0", "--within", "forever"], 2, "invalid --within"),
         (["status", "--no-such-flag"], 2, "No such option"),
+        (["queues", "-b", "filesystem://"], 2, "No such file or directory"),
     ],
 )
 def test_bad_input_is_one_line_and_a_documented_exit_code(args, code, message):
