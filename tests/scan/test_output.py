@@ -1,0 +1,88 @@
+"""Scan report renderers: JSON document, GitHub annotations and step summary, text."""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime, timezone
+
+from rich.console import Console
+
+from deploykit.output import scan as out
+from deploykit.scan.decode import DecodedMessage, TaskCall, Undecodable
+from deploykit.scan.engine import Item, Judge, Report, scan
+from deploykit.scan.run import task_specs
+from tests.scan.test_findings import NEW
+
+NOW = datetime(2026, 11, 21, tzinfo=timezone.utc)
+
+
+def report() -> Report:
+    items = [
+        Item(
+            "queue:celery",
+            {"id": f"f{i}", "eta": "2026-11-21T10:00:00+00:00"},
+            5000,
+            DecodedMessage(f"f{i}", "t.notify", (TaskCall("t.notify", (1,), {}),), None),
+        )
+        for i in range(12)
+    ]
+    items.append(
+        Item(
+            "queue:celery", {}, 10, Undecodable("u", "t.notify", "pickle payload (never unpickled); x", None)
+        )
+    )
+    items.append(
+        Item(
+            "beat:nightly",
+            {},
+            None,
+            DecodedMessage(None, "t.notify", (TaskCall("t.notify", (1, "sms"), {}),), None),
+        )
+    )
+    return scan(items, Judge(task_specs(NEW)), Report(NOW, oversize=1000))
+
+
+def test_json_document():
+    doc = out.document(report(), new="app proj", old=None, broker="redis://h/0")
+    assert doc["schema"] == "deploykit.scan/1"
+    assert doc["totals"] == {
+        "runs": 1,
+        "misbound": 0,
+        "fails": 12,
+        "discarded": 0,
+        "undecidable": 1,
+        "scanned": 14,
+        "breaking": 12,
+        "expired": 0,
+    }
+    first = doc["groups"][0]
+    assert (first["task"], first["verdict"], first["count"]) == ("t.notify", "fails", 12)
+    assert first["sample_ids"] == ["f0", "f1", "f2"] and first["locations"] == {"queue:celery": 12}
+    assert doc["oversized"] == {"t.notify": 12} and len(doc["largest"]["t.notify"]) == 3
+    assert doc["undecidable_reasons"] == {"pickle payload (never unpickled)": 1}
+
+
+def test_github_annotations_and_summary(tmp_path, monkeypatch):
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    lines: list[str] = []
+    out.render_github(report(), lines.append)
+    assert lines[0].startswith(
+        "::error title=deploykit scan%3A 12 t.notify message(s) fails::TypeError: notify()"
+    )
+    assert lines[1].startswith("::warning title=deploykit scan%3A 1 t.notify message(s) undecidable::")
+    assert lines[-1].startswith("deploykit scan: 14 message(s)")
+    text = summary.read_text()
+    assert "| `t.notify` | fails | 12 | queue:celery x12 |" in text
+
+
+def test_text_blocks_worst_first():
+    buffer = io.StringIO()
+    out.render_text(report(), Console(file=buffer, width=200, no_color=True))
+    text = buffer.getvalue()
+    assert text.index("FAILS") < text.index("UNDECIDABLE") < text.index("RUNS")
+    assert "missing 1 required positional argument: 'channel'" in text
+    assert "Oversized: 12 message(s) of t.notify exceed 1000 bytes" in text
+    assert text.rstrip().endswith(
+        "UNSAFE  14 message(s): 1 runs, 0 misbound, 12 fails, 0 discarded, 1 undecidable"
+    )
