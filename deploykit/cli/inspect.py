@@ -104,7 +104,8 @@ def workers(
 def queues(
     ctx: typer.Context,
     queue: Annotated[
-        list[str] | None, typer.Option("--queue", "-Q", help="Only these queues (repeatable).")
+        list[str] | None,
+        typer.Option("--queue", "-Q", metavar="QUEUE", help="Only these queues (repeatable)."),
     ] = None,
     app_: AppOpt = None,
     broker: BrokerOpt = None,

@@ -151,7 +151,8 @@ def scan(
         ),
     ] = None,
     queue: Annotated[
-        list[str] | None, typer.Option("--queue", "-Q", help="Only these queues (repeatable).")
+        list[str] | None,
+        typer.Option("--queue", "-Q", metavar="QUEUE", help="Only these queues (repeatable)."),
     ] = None,
     no_workers: Annotated[bool, typer.Option("--no-workers", help="Skip tasks held by workers.")] = False,
     no_beat: Annotated[bool, typer.Option("--no-beat", help="Skip beat schedule entries.")] = False,
