@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
 from typing import Annotated, Any
@@ -154,7 +154,36 @@ def _say(line: str) -> None:
     typer.echo(_redactor(line))
 
 
-def _finish(result: Any) -> None:
+def _run_machine(build: Callable[[], Any], display: Any, records: Any | None) -> Any:
+    """Build a machine and run it under :func:`interruptible`; return its result.
+
+    ``build`` runs inside the ``try`` so that however it ends (a usage error while building
+    included) the live progress line is ended and the record store closed.
+    """
+    try:
+        machine = build()
+        with interruptible():
+            return machine.run()
+    finally:
+        display.finish()
+        if records is not None:
+            records.close()
+
+
+def _report(
+    kind: str,
+    session: Any,
+    result: Any,
+    render: Callable[[Any], None],
+    *,
+    json_: bool,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Print the result (``--json`` or ``render``'s text), then exit with its code if it failed."""
+    if json_:
+        _emit(kind, session, result, extra)
+    else:
+        render(result)
     if result.exit_code:
         from deploykit.cli.common import error
 
@@ -228,7 +257,8 @@ def drain(
         with open_session(flags) as session:
             records = _records(session, record_ttl)
             display = _progress(quiet)
-            try:
+
+            def build() -> DrainMachine:
                 options = DrainOptions(
                     workers=tuple(worker or ()),
                     queues=tuple(queue or ()),
@@ -240,7 +270,7 @@ def drain(
                     control_exchange=session.control_exchange,
                 )
                 counter = _incompatible_counter(session, incompatible_with) if incompatible_with else None
-                machine = DrainMachine(
+                return DrainMachine(
                     session.fleet,
                     session.broker,
                     records,
@@ -249,16 +279,9 @@ def drain(
                     progress=display,
                     incompatible=counter,
                 )
-                with interruptible():
-                    result = machine.run()
-            finally:
-                display.finish()
-                records.close()
-        if json_:
-            _emit("drain", session, result, {"record": records.location})
-        else:
-            _render_drain(result)
-        _finish(result)
+
+            result = _run_machine(build, display, records)
+        _report("drain", session, result, _render_drain, json_=json_, extra={"record": records.location})
 
 
 def _incompatible_counter(session: Any, manifest: str) -> Any:
@@ -349,15 +372,15 @@ def resume(
                     )
             finally:
                 records.close()
-        if json_:
-            _emit("resume", session, result)
-        else:
-            _say(f"{result.status}: {result.message}")
-            for ref in result.restored:
-                _say(f"  re-added {ref.queue} on {ref.worker}")
-            for ref in result.not_restored:
-                _say(f"  kept in the record: {ref.queue} on {ref.worker}")
-        _finish(result)
+        _report("resume", session, result, _render_resume, json_=json_)
+
+
+def _render_resume(result: Any) -> None:
+    _say(f"{result.status}: {result.message}")
+    for ref in result.restored:
+        _say(f"  re-added {ref.queue} on {ref.worker}")
+    for ref in result.not_restored:
+        _say(f"  kept in the record: {ref.queue} on {ref.worker}")
 
 
 # -- shutdown ---------------------------------------------------------------------------------
@@ -394,35 +417,32 @@ def shutdown(
                 records = _records(session, "7d")
             except DeploykitError:
                 records = None
-            try:
+
+            def build() -> ShutdownMachine:
                 options = ShutdownOptions(
                     workers=tuple(worker or ()), timeout=deadline, control_exchange=session.control_exchange
                 )
-                machine = ShutdownMachine(
+                return ShutdownMachine(
                     session.fleet, session.broker, options, timing=Timing(), progress=display, records=records
                 )
-                with interruptible():
-                    result = machine.run()
-            finally:
-                display.finish()
-                if records is not None:
-                    records.close()
-        if json_:
-            _emit("shutdown", session, result)
-        else:
-            _say(f"{result.status}: {result.message}")
-            for w in result.workers:
-                _say(
-                    f"  {w.worker} (pid {w.pid}): {w.active} running finished, "
-                    f"{w.reserved} reserved + {w.scheduled} ETA handed back"
-                    + ("" if w.gone else " — STILL ANSWERING")
-                )
-            if result.returned is not None:
-                verified = "verified" if result.verified else "not verified"
-                _say(f"  {result.returned}/{result.held} held message(s) back in the broker ({verified})")
-            for note in result.notes:
-                _say(f"note: {note}")
-        _finish(result)
+
+            result = _run_machine(build, display, records)
+        _report("shutdown", session, result, _render_shutdown, json_=json_)
+
+
+def _render_shutdown(result: Any) -> None:
+    _say(f"{result.status}: {result.message}")
+    for w in result.workers:
+        _say(
+            f"  {w.worker} (pid {w.pid}): {w.active} running finished, "
+            f"{w.reserved} reserved + {w.scheduled} ETA handed back"
+            + ("" if w.gone else " — STILL ANSWERING")
+        )
+    if result.returned is not None:
+        verified = "verified" if result.verified else "not verified"
+        _say(f"  {result.returned}/{result.held} held message(s) back in the broker ({verified})")
+    for note in result.notes:
+        _say(f"note: {note}")
 
 
 # -- restart ----------------------------------------------------------------------------------
@@ -531,9 +551,10 @@ def restart(
         with open_session(flags) as session:
             records = _records(session, record_ttl)
             display = _progress(quiet)
-            try:
+
+            def build() -> RestartMachine:
                 options = RestartOptions(**options_base, control_exchange=session.control_exchange)  # type: ignore[arg-type]
-                machine = RestartMachine(
+                return RestartMachine(
                     session.fleet,
                     session.broker,
                     records,
@@ -542,25 +563,18 @@ def restart(
                     timing=Timing(),
                     progress=display,
                 )
-                with interruptible():
-                    result = machine.run()
-            finally:
-                display.finish()
-                records.close()
-        if json_:
-            _emit("restart", session, result)
-        else:
-            _say(f"{result.status}: {result.message}")
-            for b in result.batches:
-                _say(f"  batch {b.index + 1}: {b.status}" + (f" — {b.error}" if b.error else ""))
-                for r in b.restarts:
-                    back = (
-                        f", back after {r.back_after:.1f}s (pid {r.new_pid})"
-                        if r.back_after is not None
-                        else ""
-                    )
-                    _say(f"    {r.worker} (pid {r.old_pid}) → {r.target}{back}")
-        _finish(result)
+
+            result = _run_machine(build, display, records)
+        _report("restart", session, result, _render_restart, json_=json_)
+
+
+def _render_restart(result: Any) -> None:
+    _say(f"{result.status}: {result.message}")
+    for b in result.batches:
+        _say(f"  batch {b.index + 1}: {b.status}" + (f" — {b.error}" if b.error else ""))
+        for r in b.restarts:
+            back = f", back after {r.back_after:.1f}s (pid {r.new_pid})" if r.back_after is not None else ""
+            _say(f"    {r.worker} (pid {r.old_pid}) → {r.target}{back}")
 
 
 # -- deploy -----------------------------------------------------------------------------------
@@ -638,7 +652,8 @@ def deploy(
         with open_session(flags) as session:
             records = _records(session, record_ttl)
             display = _progress(quiet)
-            try:
+
+            def build() -> DeployMachine:
                 options = DeployOptions(
                     command=command,
                     workers=tuple(worker or ()),
@@ -652,20 +667,17 @@ def deploy(
                     settle=parse_duration(settle, what="--settle"),
                     control_exchange=session.control_exchange,
                 )
-                machine = DeployMachine(
+                return DeployMachine(
                     session.fleet, session.broker, records, options, timing=Timing(), progress=display
                 )
-                with interruptible():
-                    result = machine.run()
-            finally:
-                display.finish()
-                records.close()
-        if json_:
-            _emit("deploy", session, result)
-        else:
-            _say(f"{result.status}: {result.message}")
-            if result.stopped:
-                _say("  stopped: " + ", ".join(result.stopped))
-            if result.new_workers:
-                _say("  answering: " + ", ".join(result.new_workers))
-        _finish(result)
+
+            result = _run_machine(build, display, records)
+        _report("deploy", session, result, _render_deploy, json_=json_)
+
+
+def _render_deploy(result: Any) -> None:
+    _say(f"{result.status}: {result.message}")
+    if result.stopped:
+        _say("  stopped: " + ", ".join(result.stopped))
+    if result.new_workers:
+        _say("  answering: " + ", ".join(result.new_workers))
