@@ -1,4 +1,4 @@
-"""Reading task headers out of stored messages, without decoding (let alone unpickling) bodies.
+"""Task messages as brokers store them: the headers deploykit reads, and a fast JSON reader.
 
 Protocol v2 keeps the task name, id, ETA, expiry and argument reprs in plain headers
 (celery-internals §2.1), so most questions about a waiting message need no body at all.
@@ -7,27 +7,54 @@ Protocol v2 keeps the task name, id, ETA, expiry and argument reprs in plain hea
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-_fast_loads: Callable[[Any], Any]
-try:  # orjson parses broker envelopes ~3x faster; the scan's throughput target depends on it.
-    from orjson import loads as _fast_loads
-except ImportError:  # pragma: no cover - orjson is a dependency, but keep working without it
-    _fast_loads = json.loads
+import msgspec
+
+_decode_json = msgspec.json.Decoder().decode
 
 
 def loads_json(data: bytes | str) -> Any:
-    """Parse JSON fast; fall back to the stdlib for what orjson refuses (integers over 64 bits).
+    """Parse JSON fast; fall back to the stdlib for what msgspec refuses.
 
-    Raises ``ValueError`` (``UnicodeDecodeError`` included) for invalid input, like ``json.loads``.
+    kombu writes its JSON with the stdlib, which emits ``NaN`` and ``Infinity`` for such floats:
+    valid messages for Celery, so they must stay readable here. Raises ``ValueError``
+    (``UnicodeDecodeError`` included) for invalid input, like ``json.loads``.
     """
     try:
-        return _fast_loads(data)
+        return _decode_json(data)
     except ValueError:
         return json.loads(data)
+
+
+class StoredHeaders(msgspec.Struct, gc=False):
+    """The protocol-v2 headers deploykit reads, exactly as stored: values are unvalidated JSON.
+
+    A struct rather than a dict: decoding an envelope into it skips every other header without
+    building it (a scan decodes millions), and this is the one list of headers that matter.
+    """
+
+    id: Any = None
+    task: Any = None
+    eta: Any = None
+    expires: Any = None
+    retries: Any = None
+    argsrepr: Any = None
+    kwargsrepr: Any = None
+    #: MIME type of the body's compression (``application/x-gzip``…), set by ``apply_async(compression=)``.
+    compression: Any = None
+
+    @classmethod
+    def from_mapping(cls, headers: Mapping[str, Any]) -> StoredHeaders:
+        """The headers deploykit reads, from a header table (AMQP, a worker's reply…)."""
+        return cls(*(headers.get(name) for name in cls.__struct_fields__))
+
+
+#: A message without a header table (protocol v1, or not a task message at all).
+NO_HEADERS = StoredHeaders()
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -56,17 +83,17 @@ class TaskHeaders:
     retries: int | None
 
 
-def task_headers(headers: Mapping[str, Any]) -> TaskHeaders:
-    """Read the task fields of a v2 header block (missing fields are ``None``)."""
-    retries = headers.get("retries")
+def task_headers(headers: StoredHeaders) -> TaskHeaders:
+    """Read the task fields of a v2 header block (missing or malformed fields are ``None``)."""
+    retries = headers.retries
     return TaskHeaders(
-        id=_str_or_none(headers.get("id")),
-        name=_str_or_none(headers.get("task")),
-        eta=parse_time(headers.get("eta")),
-        expires=parse_time(headers.get("expires")),
-        argsrepr=_str_or_none(headers.get("argsrepr")),
-        kwargsrepr=_str_or_none(headers.get("kwargsrepr")),
-        retries=retries if isinstance(retries, int) else None,
+        id=_str_or_none(headers.id),
+        name=_str_or_none(headers.task),
+        eta=parse_time(headers.eta),
+        expires=parse_time(headers.expires),
+        argsrepr=_str_or_none(headers.argsrepr),
+        kwargsrepr=_str_or_none(headers.kwargsrepr),
+        retries=retries if isinstance(retries, int) and not isinstance(retries, bool) else None,
     )
 
 

@@ -28,10 +28,10 @@ from deploykit.brokers.base import (
     BrokerSettings,
     QueueReport,
     QueueStats,
-    RawMessage,
+    StoredPage,
     is_internal_queue,
-    raw_from_envelope,
 )
+from deploykit.brokers.envelope import parse_ready
 from deploykit.config import mask_url
 from deploykit.errors import Unavailable, UsageError
 
@@ -148,19 +148,21 @@ class FilesystemBroker(Broker):
         )
         return QueueReport(rows, source="filesystem", notes=(NOTE,))
 
-    def iter_messages(self, queue: str, *, batch: int = 1000) -> Iterator[RawMessage]:
+    def iter_pages(self, queue: str, *, batch: int = 1000) -> Iterator[StoredPage]:
         """Messages of ``queue`` in the order ``Channel._get`` takes them; files are only read."""
+        items: list[bytes] = []
         for filename in self._message_files():
             if queue_of(filename) != queue:
                 continue
             data = self._read(self.data_folder / filename)
             if data is None:
                 continue  # consumed since the listing
-            try:
-                envelope = json.loads(data)
-            except (ValueError, UnicodeDecodeError):
-                envelope = None
-            yield raw_from_envelope("ready", queue, data, envelope)
+            items.append(data)
+            if len(items) >= batch:
+                yield StoredPage(queue, items, parse_ready)
+                items = []
+        if items:
+            yield StoredPage(queue, items, parse_ready)
 
     def worker_mailboxes(self, control_exchange: str = "celery") -> list[str] | None:
         table = self._read_table(self.control_folder / f"{control_exchange}.pidbox.exchange")

@@ -49,6 +49,7 @@ from deploykit.brokers.base import (
 )
 from deploykit.config import DEFAULT_TIMEOUT, Redactor, default_management_url, mask_url, parse_duration
 from deploykit.errors import DeploykitError, Refused, Unavailable, UsageError
+from deploykit.messages import StoredHeaders
 
 #: RabbitMQ's default delivery acknowledgement timeout, 30 minutes since 3.8.17
 #: (https://www.rabbitmq.com/docs/consumers#acknowledgement-timeout; celery-internals §4.4).
@@ -623,8 +624,7 @@ def _peeked(queue: str, item: Mapping[str, Any]) -> RawMessage:
     return RawMessage(
         "ready",
         queue,
-        headers,
-        props,
+        StoredHeaders.from_mapping(headers),
         item.get("payload", ""),
         "base64" if item.get("payload_encoding") == "base64" else None,
         props.get("content_type"),

@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from typing import Any, ClassVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import msgspec
 import redis
 import redis.sentinel
 from redis.backoff import NoBackoff
@@ -49,12 +50,12 @@ from deploykit.brokers.base import (
     QueueReport,
     QueueStats,
     RawMessage,
+    StoredPage,
     is_internal_queue,
-    raw_from_envelope,
 )
+from deploykit.brokers.envelope import parse_ready, parse_unacked
 from deploykit.config import Redactor, mask_url
 from deploykit.errors import Unavailable, UsageError
-from deploykit.messages import loads_json
 
 #: kombu defaults (``Channel.sep``, ``PRIORITY_STEPS``, ``Channel.visibility_timeout``,
 #: ``Channel.unacked_key``, ``Channel.unacked_index_key``), the same since kombu 4.
@@ -128,13 +129,6 @@ def attribute(tables: Mapping[str, Iterable[Binding]], exchange: str, routing_ke
         # binding can only have come through a fanout exchange (FanoutExchange.lookup).
         matched = {queue for _, _, queue in bindings}
     return tuple(sorted(q for q in matched if q))
-
-
-def _parse(data: bytes) -> Any:
-    try:
-        return loads_json(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
 
 
 class RedisBroker(Broker):
@@ -321,13 +315,11 @@ class RedisBroker(Broker):
             unacked: Counter[str] = Counter()
             unacked_eta: Counter[str] = Counter()
             unattributed = 0
-            for _tag, _data, entry in self._scan_unacked():
-                envelope, exchange, routing_key = entry
+            for _tag, message, exchange, routing_key in self._scan_unacked():
                 queues = attribute(tables, exchange, routing_key)
                 if not queues:
                     unattributed += 1
-                headers = envelope.get("headers") if isinstance(envelope, dict) else None
-                has_eta = isinstance(headers, dict) and bool(headers.get("eta"))
+                has_eta = bool(message.headers.eta)
                 for queue in queues:
                     unacked[queue] += 1
                     if has_eta:
@@ -363,8 +355,8 @@ class RedisBroker(Broker):
         return QueueReport(tuple(rows), source="redis", notes=tuple(notes))
 
     # ---------------------------------------------------------------------------- unacked
-    def _scan_unacked(self, count: int = 500) -> Iterator[tuple[str, bytes, tuple[Any, str, str]]]:
-        """``(tag, raw value, (envelope, exchange, routing_key))`` for every ``unacked`` entry.
+    def _scan_unacked(self, count: int = 500) -> Iterator[tuple[str, RawMessage, str, str]]:
+        """``(tag, message, exchange, routing_key)`` for every ``unacked`` entry.
 
         HSCAN keeps memory bounded (never HGETALL on a hash that may be huge); HSCAN can return
         an entry twice while the hash is rehashed, so tags already seen are skipped.
@@ -380,13 +372,8 @@ class RedisBroker(Broker):
                 if tag in seen:
                     continue
                 seen.add(tag)
-                value = _parse(data)
-                # QoS.append stores dumps([message._raw, EX, RK]).
-                if isinstance(value, list) and len(value) == 3:
-                    entry = (value[0], str(value[1] or ""), str(value[2] or ""))
-                else:
-                    entry = (None, "", "")
-                yield _text(tag), data, entry
+                message, exchange, routing_key = parse_unacked(data)
+                yield _text(tag), message, exchange, routing_key
             if cursor == 0:
                 return
 
@@ -394,7 +381,7 @@ class RedisBroker(Broker):
         """Reserved, prefetched and ETA messages from the ``unacked`` hash, streamed."""
         with self._errors():
             tables = self._binding_tables()
-            batch: list[tuple[str, bytes, tuple[Any, str, str]]] = []
+            batch: list[tuple[str, RawMessage, str, str]] = []
             for item in self._scan_unacked():
                 batch.append(item)
                 if len(batch) >= 500:
@@ -403,40 +390,36 @@ class RedisBroker(Broker):
             yield from self._unacked_batch(batch, tables)
 
     def _unacked_batch(
-        self, batch: list[tuple[str, bytes, tuple[Any, str, str]]], tables: Mapping[str, set[Binding]]
+        self, batch: list[tuple[str, RawMessage, str, str]], tables: Mapping[str, set[Binding]]
     ) -> Iterator[RawMessage]:
         if not batch:
             return
         pipe = self._client.pipeline(transaction=False)
         index = self._k(self.unacked_index_key)
-        for tag, _, _ in batch:
+        for tag, _, _, _ in batch:
             pipe.zscore(index, tag)
         scores = pipe.execute(raise_on_error=False)
-        for (tag, data, (envelope, exchange, routing_key)), score in zip(batch, scores, strict=True):
+        for (tag, message, exchange, routing_key), score in zip(batch, scores, strict=True):
             queues = attribute(tables, exchange, routing_key)
-            message = raw_from_envelope(
-                "unacked",
-                queues[0] if len(queues) == 1 else None,
-                data,
-                envelope,
-                float(score) if isinstance(score, (int, float)) else None,
+            yield msgspec.structs.replace(
+                message,
+                queue=queues[0] if len(queues) == 1 else None,
+                delivered_at=float(score) if isinstance(score, (int, float)) else None,
+                delivery_tag=message.delivery_tag or tag,
             )
-            if message.delivery_tag is None:
-                message = message._replace(delivery_tag=tag)
-            yield message
 
     # ---------------------------------------------------------------------------- peeking
-    def iter_messages(self, queue: str, *, batch: int = 1000) -> Iterator[RawMessage]:
+    def iter_pages(self, queue: str, *, batch: int = 1000) -> Iterator[StoredPage]:
         """Every ready message of ``queue`` in consume order: priority lists in step order, each
         from its tail (index -1 is consumed next). Read-only: LRANGE, LPOS, LLEN only.
         """
         batch = max(1, int(batch))
         with self._errors():
             for _step, key in priority_keys(queue, self.priority_steps, self.sep):
-                for data in self._iter_list(self._k(key), batch):
-                    yield raw_from_envelope("ready", queue, data, _parse(data))
+                for items in self._iter_list(self._k(key), batch):
+                    yield StoredPage(queue, items, parse_ready)
 
-    def _iter_list(self, key: str, batch: int) -> Iterator[bytes]:
+    def _iter_list(self, key: str, batch: int) -> Iterator[list[bytes]]:
         """Page through LIST ``key`` from its tail, robust to a live queue.
 
         Pages are addressed from the tail, which producers (LPUSH at the head) do not move. Each
@@ -473,7 +456,7 @@ class RedisBroker(Broker):
                     wanted = batch
             if not items:
                 return
-            yield from reversed(items)
+            yield items[::-1]
             done += len(items)
             anchor = items[0]
             if len(items) < wanted:

@@ -196,7 +196,7 @@ class ShutdownMachine:
     def _unacked_ids(self) -> set[str]:
         ids = set()
         for message in self.broker.unacked_messages():
-            task_id = message.headers.get("id") if message.headers else None
+            task_id = message.headers.id
             if isinstance(task_id, str):
                 ids.add(task_id)
         return ids

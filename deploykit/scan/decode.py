@@ -23,6 +23,8 @@ import zlib
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+import msgspec
+
 from deploykit.brokers.base import RawMessage
 from deploykit.messages import loads_json
 
@@ -220,6 +222,19 @@ def _embedded_calls(embed: Any) -> list[TaskCall]:
     return calls
 
 
+class _Embed(msgspec.Struct, gc=False):
+    """The third element of a protocol-v2 body: signatures Celery will call after the task."""
+
+    callbacks: Any = None
+    errbacks: Any = None
+    chain: Any = None
+    chord: Any = None
+
+
+_V2Body = tuple[tuple[Any, ...], dict[str, Any], _Embed | None]
+_decode_v2_body = msgspec.json.Decoder(_V2Body).decode
+
+
 def _b64decode(text: Any) -> bytes:
     if _STRICT_BASE64:
         return binascii.a2b_base64(text, strict_mode=True)  # type: ignore[call-arg,unused-ignore]  # 3.11+
@@ -230,17 +245,45 @@ def _b64decode(text: Any) -> bytes:
 _STRICT_BASE64 = sys.version_info >= (3, 11)
 
 
+#: ``(task name, number of positional arguments, keyword names in order)``: all a call's verdict
+#: depends on.
+Shape = tuple[str, int, tuple[str, ...]]
+
+
+def plain_call_shape(message: RawMessage) -> Shape | None:
+    """The shape of the usual message — a protocol-v2 JSON body without embedded signatures —
+    decoded straight into its structure (this runs once per message of a queue scan); ``None``
+    for any other message: :func:`decode` takes those, and says what is wrong with them.
+    """
+    headers = message.headers
+    name = headers.task
+    if (
+        type(name) is not str
+        or message.body_encoding is not None
+        or message.content_type != JSON
+        or headers.compression
+    ):
+        return None
+    try:
+        args, kwargs, embed = _decode_v2_body(message.body)
+    except ValueError:
+        return None
+    if embed is not None and (embed.callbacks or embed.errbacks or embed.chain or embed.chord):
+        return None
+    return name, len(args), tuple(kwargs)
+
+
 def decode(message: RawMessage) -> DecodedMessage | Undecodable:
     """Decode a stored message into the task calls it will make.
 
     This runs once per waiting message (millions in a big queue): checks use concrete types
     (JSON gives dicts and lists) rather than ABCs, which cost several times more.
     """
-    headers = message.headers if type(message.headers) is dict else dict(message.headers or {})
-    task_id = headers.get("id")
+    headers = message.headers
+    task_id = headers.id
     if type(task_id) is not str:
         task_id = None
-    task_name = headers.get("task")
+    task_name = headers.task
     if type(task_name) is not str:
         task_name = None
     content_type = message.content_type
@@ -252,8 +295,8 @@ def decode(message: RawMessage) -> DecodedMessage | Undecodable:
         if task_name is None:
             return fail("pickle payload without a task header (never unpickled)")
         try:
-            args = _shape_from_repr(headers.get("argsrepr"), "args")
-            kwargs = _shape_from_repr(headers.get("kwargsrepr"), "kwargs")
+            args = _shape_from_repr(headers.argsrepr, "args")
+            kwargs = _shape_from_repr(headers.kwargsrepr, "kwargs")
         except ValueError as exc:
             return fail(f"pickle payload (never unpickled); {exc}")
         return DecodedMessage(
@@ -272,7 +315,7 @@ def decode(message: RawMessage) -> DecodedMessage | Undecodable:
             body = body.encode("utf-8")
     except (binascii.Error, ValueError, UnicodeEncodeError) as exc:
         return fail(f"body is not valid base64: {exc}")
-    compression = headers.get("compression")
+    compression = headers.compression
     if compression:
         try:
             body = _decompress(body, str(compression))

@@ -22,14 +22,26 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from deploykit.messages import parse_time
+from deploykit.brokers.base import RawMessage
+from deploykit.messages import StoredHeaders, parse_time
 from deploykit.scan.bind import CallChecker, TaskSpec
-from deploykit.scan.decode import DecodedMessage, TaskCall, Undecodable
+from deploykit.scan.decode import (
+    PLACEHOLDER,
+    DecodedMessage,
+    Shape,
+    TaskCall,
+    Undecodable,
+    decode,
+    plain_call_shape,
+)
 
 
 class Verdict(str, Enum):
+    # Hashed once per scanned message (report groups): Enum's own __hash__ is Python code.
+    __hash__ = str.__hash__
+
     RUNS = "runs"
     MISBOUND = "misbound"
     FAILS = "fails"
@@ -48,6 +60,8 @@ _SEVERITY = {
 }
 SAMPLES = 3
 LARGEST = 3
+#: Call shapes whose outcome the judge remembers.
+MAX_SHAPES = 10_000
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,12 @@ class Judge:
         self._new = new
         self._old = old
         self._checkers: dict[tuple[str, str], CallChecker | None] = {}
+        # A call's outcome depends only on its shape: task, how it is called, the number of
+        # positional arguments and the keyword names (in order: the TypeError names the first
+        # unexpected one). A queue holds few shapes; the bound keeps hostile variety in check.
+        self._outcomes: dict[tuple[str, str, int | None, int, tuple[str, ...]], Outcome] = {}
+        #: Outcomes of plain messages by shape (read directly by the scan's hot loop).
+        self.plain_outcomes: dict[Shape, Outcome] = {}
 
     def _checker(self, which: str, name: str) -> CallChecker | None:
         key = (which, name)
@@ -79,6 +99,26 @@ class Judge:
         return self._checkers[key]
 
     def call(self, call: TaskCall) -> Outcome:
+        shape = (call.name, call.via, call.prepended, len(call.args), tuple(call.kwargs))
+        outcome = self._outcomes.get(shape)
+        if outcome is None:
+            outcome = self._judge(call)
+            if len(self._outcomes) < MAX_SHAPES:
+                self._outcomes[shape] = outcome
+        return outcome
+
+    def plain(self, shape: Shape) -> Outcome:
+        """The outcome of a message that is just one call of this shape (no embedded signatures)."""
+        outcome = self.plain_outcomes.get(shape)
+        if outcome is None:
+            name, positional, keywords = shape
+            args = (PLACEHOLDER,) * positional
+            outcome = self.call(TaskCall(name, args, dict.fromkeys(keywords, PLACEHOLDER)))
+            if len(self.plain_outcomes) < MAX_SHAPES:
+                self.plain_outcomes[shape] = outcome
+        return outcome
+
+    def _judge(self, call: TaskCall) -> Outcome:
         where = "" if call.via == "message" else f"{call.via} {call.name}: "
         if call.name not in self._new:
             return Outcome(Verdict.DISCARDED, f"{where}task {call.name!r} is no longer registered")
@@ -148,7 +188,7 @@ class Item(NamedTuple):
     """One message from one source: stored bytes, or a call a worker reported already decoded."""
 
     location: str
-    headers: Mapping[str, Any]
+    headers: StoredHeaders
     size: int | None
     decoded: DecodedMessage | Undecodable
 
@@ -190,35 +230,38 @@ class Report:
         return sum(group.expired for group in self.groups.values())
 
     def add_item(self, item: Item, outcome: Outcome) -> None:
-        self.add(item.location, item.headers, item.size, item.decoded, outcome)
+        decoded = item.decoded
+        self.add(item.location, item.headers, item.size, decoded.task_name, decoded.task_id, outcome)
 
     def add(
         self,
         location: str,
-        headers: Mapping[str, Any],
+        headers: StoredHeaders,
         size: int | None,
-        decoded: DecodedMessage | Undecodable,
+        task_name: str | None,
+        task_id: str | None,
         outcome: Outcome,
     ) -> None:
-        task = decoded.task_name or "<unknown>"
+        task = task_name or "<unknown>"
         verdict = outcome.verdict
         group = self.groups.get((task, verdict))
         if group is None:
             group = self.groups[(task, verdict)] = Group(task, verdict)
-        raw_eta = headers.get("eta")
-        raw_expires = headers.get("expires")
-        if raw_eta or raw_expires or outcome.reason or len(group.samples) < SAMPLES:
+        raw_eta = headers.eta
+        raw_expires = headers.expires
+        reason = outcome.reason
+        if raw_eta or raw_expires or len(group.samples) < SAMPLES:
             eta = parse_time(raw_eta) if raw_eta else None
             expires = parse_time(raw_expires) if raw_expires else None
-            group.add(
-                location, decoded.task_id, outcome.reason, eta, expires is not None and expires < self.now
-            )
-        else:  # the common case: a plain message that runs
+            group.add(location, task_id, reason, eta, expires is not None and expires < self.now)
+        else:  # the common case: no times to read, samples taken
             group.count += 1
             group.locations[location] += 1
+            if reason and (reason in group.reasons or len(group.reasons) < 5):
+                group.reasons[reason] += 1
         self.scanned += 1
-        if verdict is Verdict.UNDECIDABLE and outcome.reason:
-            reason = outcome.reason.split(";")[0][:80]
+        if verdict is Verdict.UNDECIDABLE and reason:
+            reason = reason.split(";")[0][:80]
             if reason in self.undecidable_reasons or len(self.undecidable_reasons) < 20:
                 self.undecidable_reasons[reason] += 1
         if size is not None:
@@ -226,9 +269,9 @@ class Report:
             if heap is None:
                 heap = self.largest[task] = []
             if len(heap) < LARGEST:
-                heapq.heappush(heap, (size, decoded.task_id or "?"))
+                heapq.heappush(heap, (size, task_id or "?"))
             elif size > heap[0][0]:
-                heapq.heapreplace(heap, (size, decoded.task_id or "?"))
+                heapq.heapreplace(heap, (size, task_id or "?"))
             if size > self.oversize:
                 self.oversized[task] += 1
 
@@ -241,19 +284,23 @@ class Report:
         return sorted(self.groups.values(), key=lambda g: (-_SEVERITY[g.verdict], g.task))
 
 
-def judge_raw(raws: Iterable[Any], location: str, judge: Judge, report: Report) -> None:
+def judge_raw(raws: Iterable[RawMessage], location: str, judge: Judge, report: Report) -> None:
     """Decode, judge and count stored messages: the scan's hot loop, with no per-message wrapper."""
-    from deploykit.scan.decode import decode
-
     add = report.add
-    judge_message = judge.message
+    outcomes = judge.plain_outcomes
     for raw in raws:
+        shape = plain_call_shape(raw)
+        if shape is not None:
+            task_id = raw.headers.id
+            outcome = outcomes.get(shape) or judge.plain(shape)
+            add(location, raw.headers, raw.size, shape[0], task_id if type(task_id) is str else None, outcome)
+            continue
         decoded = decode(raw)
         if isinstance(decoded, Undecodable):
             outcome = Outcome(Verdict.UNDECIDABLE, decoded.reason)
         else:
-            outcome = judge_message(decoded)
-        add(location, raw.headers, raw.size, decoded, outcome)
+            outcome = judge.message(decoded)
+        add(location, raw.headers, raw.size, decoded.task_name, decoded.task_id, outcome)
 
 
 def scan(items: Iterable[Item], judge: Judge, report: Report) -> Report:

@@ -10,16 +10,19 @@ workers hold, ETA ones included), the workers' reserved and scheduled tasks thro
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from queue import Full, Queue
 from typing import Any
 
-from deploykit.brokers.base import Broker
+from deploykit.brokers.base import Broker, StoredPage
 from deploykit.errors import Refused
 from deploykit.fleet.base import Fleet
 from deploykit.manifest.model import BeatEntry, Manifest
+from deploykit.messages import NO_HEADERS
 from deploykit.scan.bind import Param, TaskSpec
 from deploykit.scan.decode import DecodedMessage, TaskCall, _shape_from_repr
 from deploykit.scan.engine import Item, Judge, Report, judge_raw, scan
@@ -60,21 +63,65 @@ def manifest_beat_items(entries: Iterable[BeatEntry]) -> Iterator[Item]:
         except ValueError:
             args = tuple(entry.args)
         call = TaskCall(entry.task, tuple(args), dict(entry.kwargs))
-        yield Item(location, {}, None, DecodedMessage(None, entry.task, (call,), None))
+        yield Item(location, NO_HEADERS, None, DecodedMessage(None, entry.task, (call,), None))
 
 
-def _progress(
-    items: Iterator[Any], report: Report, progress: Progress | None, every: int = 50_000
-) -> Iterator[Any]:
-    """Pass items through, calling ``progress(scanned, elapsed)`` every ``every`` messages."""
-    if progress is None:
-        yield from items
-        return
+def _ticker(report: Report, progress: Progress | None, every: int = 50_000) -> Callable[[], None]:
+    """A callback for after each page: calls ``progress(scanned, elapsed)`` every ``every`` messages."""
     started = time.monotonic()
-    for index, item in enumerate(items, start=1):
-        if index % every == 0:
+    due = every
+
+    def tick() -> None:
+        nonlocal due
+        if progress is not None and report.scanned >= due:
             progress(report.scanned, time.monotonic() - started)
-        yield item
+            due = (report.scanned // every + 1) * every
+
+    return tick
+
+
+def read_ahead(pages: Iterator[StoredPage], depth: int = 2) -> Iterator[StoredPage]:
+    """``pages``, read by a background thread up to ``depth`` pages ahead of the caller.
+
+    The broker prepares the next page (the server's work and the network round trip, during which
+    the thread releases the GIL) while the caller judges this one. Errors raised while reading are
+    raised here, in the caller's thread.
+    """
+    buffer: Queue[tuple[StoredPage | None, BaseException | None]] = Queue(depth)
+    stop = threading.Event()
+
+    def put(item: tuple[StoredPage | None, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+            except Full:
+                continue
+            return True
+        return False
+
+    def produce() -> None:
+        try:
+            for page in pages:
+                if not put((page, None)):
+                    return
+        except BaseException as exc:  # handed over to the caller's thread
+            put((None, exc))
+            return
+        put((None, None))
+
+    reader = threading.Thread(target=produce, name="deploykit-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            page, error = buffer.get()
+            if error is not None:
+                raise error
+            if page is None:
+                return
+            yield page
+    finally:
+        stop.set()
+        reader.join(timeout=5)
 
 
 def run_scan(
@@ -97,11 +144,12 @@ def run_scan(
     judge = Judge(task_specs(new), task_specs(old) if old is not None else None)
     seen_ids: set[str] = set()
 
+    tick = _ticker(report, progress)
     readable: list[str] = []
     for queue in queues:
         try:
-            messages = iter(broker.iter_messages(queue))
-            first = next(messages, None)
+            pages = iter(broker.iter_pages(queue))
+            first = next(pages, None)
         except Refused:
             if peek is None:
                 report.notes.append(
@@ -119,14 +167,11 @@ def run_scan(
             continue
         readable.append(queue)
         if first is not None:
-            judge_raw(
-                _progress(itertools.chain((first,), messages), report, progress),
-                f"queue:{queue}",
-                judge,
-                report,
-            )
+            for page in itertools.chain((first,), read_ahead(pages)):
+                judge_raw(page.read(), f"queue:{queue}", judge, report)
+                tick()
     for raw in broker.unacked_messages():
-        task_id = raw.headers.get("id")
+        task_id = raw.headers.id
         if isinstance(task_id, str):
             seen_ids.add(task_id)
         judge_raw((raw,), f"unacked:{raw.queue or '?'}", judge, report)

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from deploykit.brokers.base import Broker, RawMessage
+from deploykit.messages import NO_HEADERS, StoredHeaders
 from deploykit.scan.decode import DecodedMessage, TaskCall, Undecodable, _shape_from_repr, decode
 from deploykit.scan.engine import Item
 
@@ -29,7 +30,7 @@ def queue_items(broker: Broker, queues: Iterable[str], batch: int = 1000) -> Ite
 def unacked_items(broker: Broker, seen_ids: set[str]) -> Iterator[Item]:
     """Messages delivered to workers and not acknowledged (Redis: reserved and ETA tasks)."""
     for raw in broker.unacked_messages():
-        task_id = raw.headers.get("id") if isinstance(raw.headers, Mapping) else None
+        task_id = raw.headers.id
         if isinstance(task_id, str):
             seen_ids.add(task_id)
         yield item_from_raw(raw, f"unacked:{raw.queue or '?'}")
@@ -66,10 +67,9 @@ def worker_items(replies: Mapping[str, Mapping[str, Any]], skip_ids: set[str]) -
                 request = entry.get("request") if command == "scheduled" else entry
                 if not isinstance(request, Mapping) or request.get("id") in skip_ids:
                     continue
-                headers = {
-                    "id": request.get("id"),
-                    "eta": entry.get("eta") if command == "scheduled" else None,
-                }
+                headers = StoredHeaders(
+                    id=request.get("id"), eta=entry.get("eta") if command == "scheduled" else None
+                )
                 yield Item(f"worker:{node}", headers, None, _call_from_request(request))
 
 
@@ -84,16 +84,16 @@ def beat_items(app: Any) -> Iterator[Item]:
 
 def _beat_item(location: str, task: Any, args: Any, kwargs: Any) -> Item:
     if not isinstance(task, str):
-        return Item(location, {}, None, Undecodable(None, None, "beat entry without a task name", None))
+        undecodable = Undecodable(None, None, "beat entry without a task name", None)
+        return Item(location, NO_HEADERS, None, undecodable)
     args = () if args is None else args
     kwargs = {} if kwargs is None else kwargs
     if not isinstance(args, (list, tuple)) or not isinstance(kwargs, Mapping):
         return Item(
-            location, {}, None, Undecodable(None, task, "beat entry with malformed args/kwargs", None)
+            location, NO_HEADERS, None, Undecodable(None, task, "beat entry with malformed args/kwargs", None)
         )
-    return Item(
-        location, {}, None, DecodedMessage(None, task, (TaskCall(task, tuple(args), dict(kwargs)),), None)
-    )
+    call = TaskCall(task, tuple(args), dict(kwargs))
+    return Item(location, NO_HEADERS, None, DecodedMessage(None, task, (call,), None))
 
 
 def django_beat_items() -> tuple[list[Item], str | None]:
@@ -123,7 +123,7 @@ def django_beat_items() -> tuple[list[Item], str | None]:
             items.append(
                 Item(
                     f"beat-db:{name}",
-                    {},
+                    NO_HEADERS,
                     None,
                     Undecodable(None, task, "PeriodicTask args/kwargs are not valid JSON", None),
                 )

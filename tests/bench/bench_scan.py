@@ -3,11 +3,12 @@
 Measured in one run, on a private redis-server:
 
 * the raw cost of just reading the messages with redis-py (pipelined LRANGE pages, no decoding);
-* ``deploykit scan --against MANIFEST --json`` (a real subprocess): throughput and peak RSS;
+* ``deploykit scan --against MANIFEST --json`` (a real subprocess, start-up included): throughput
+  and peak RSS;
 
-at 100k and at 1M messages, to show memory stays flat. Some messages are ETA tasks in ``unacked``
-(held by workers). Targets: >= 100,000 messages/s, within 3x of the raw read, peak RSS < 200 MB
-and flat from 100k to 1M.
+each the best of three runs, at 100k and at 1M messages, to show memory stays flat. Some messages
+are ETA tasks in ``unacked`` (held by workers). Targets: >= 100,000 messages/s, within 3x of the
+raw read, peak RSS < 200 MB and flat from 100k to 1M.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from deploykit.demo.processes import start_redis
 from tests.bench.common import ROOT, write
 
 SIZES = [int(n) for n in os.environ.get("BENCH_SCAN_SIZES", "100000,1000000").split(",")]
+RUNS = 3
 TASKS = {
     "shop.send_email": (["to", "subject", "body"], [("user@example.com", "Welcome", "Hello " * 20)], {}),
     "shop.charge": (["order_id", "amount", "currency"], [(123456, 99.95)], {"currency": "EUR"}),
@@ -204,8 +206,13 @@ def main() -> None:
             for total in SIZES:
                 fill(client, total)
                 messages = total + max(total // 100, 1)
-                read_s = raw_read(client)
-                scan_s, rss_mb, totals = run_scan(server.url, manifest_path)
+                # Best of RUNS for both: this machine's noise (another tenant, a page-cache flush)
+                # only ever adds time, and the ratio should not depend on which run it hit.
+                read_s = min(raw_read(client) for _ in range(RUNS))
+                scans = [run_scan(server.url, manifest_path) for _ in range(RUNS)]
+                scan_s = min(elapsed for elapsed, _, _ in scans)
+                rss_mb = max(rss for _, rss, _ in scans)
+                totals = scans[0][2]
                 results.append(
                     {
                         "messages": messages,
@@ -225,6 +232,7 @@ def main() -> None:
         "scan",
         {
             "queue": "one Redis list + 1% ETA tasks in unacked; 5 task types, JSON, base64 bodies",
+            "method": f"best of {RUNS} runs each; scan time includes the CLI's start-up",
             "runs": results,
             "targets": {"msgs_per_s_min": 100_000, "scan_vs_raw_max": 3, "peak_rss_mb_max": 200},
         },

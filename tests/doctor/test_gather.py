@@ -9,6 +9,7 @@ from typing import Any
 from deploykit.brokers.base import BrokerSettings, QueueStats, RawMessage
 from deploykit.doctor.checks import run_checks
 from deploykit.doctor.gather import gather_audit
+from deploykit.messages import StoredHeaders
 from tests.fakes import FakeBroker, FakeFleet
 
 NOW = datetime(2026, 11, 21, 5, 0, tzinfo=timezone.utc)
@@ -50,8 +51,7 @@ def test_gather_from_workers_and_broker() -> None:
     unacked = RawMessage(
         location="unacked",
         queue="celery",
-        headers={"id": "t1", "task": "proj.remind", "eta": eta.isoformat()},
-        properties={},
+        headers=StoredHeaders(id="t1", task="proj.remind", eta=eta.isoformat()),
         body="",
         body_encoding=None,
         content_type="application/json",

@@ -57,7 +57,7 @@ def test_worker_holding_eta_tasks_keeps_answering_and_files_are_read_in_place(st
         before = _files(fs_options["data_folder_in"])
         messages = list(broker.iter_messages("reports"))
         assert _files(fs_options["data_folder_in"]) == before
-        assert [m.headers["task"] for m in messages] == ["tests.apps.basic.add"] * 3
+        assert [m.headers.task for m in messages] == ["tests.apps.basic.add"] * 3
         assert broker.known_queues() == ["celery", "reports"]
     finally:
         app.close()

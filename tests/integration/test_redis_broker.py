@@ -71,7 +71,7 @@ def test_unacked_counts_match_what_real_workers_hold(redis_url, start_workers):
 
         unacked = list(broker.unacked_messages())
         assert Counter(m.queue for m in unacked) == Counter({"celery": 3, "emails": 4})
-        assert sum(1 for m in unacked if m.headers.get("eta")) == 5
+        assert sum(1 for m in unacked if m.headers.eta) == 5
         assert all(m.delivered_at and abs(time.time() - m.delivered_at) < 60 for m in unacked)
 
         assert broker.worker_mailboxes() == nodes
@@ -100,7 +100,7 @@ def test_a_stopped_worker_leaves_the_mailbox_set_and_restores_its_messages(redis
         assert (stats.ready, stats.unacked, stats.unacked_eta) == (1, 0, 0)
         assert broker.worker_mailboxes() is None  # the last member left: Redis dropped the set
         (message,) = broker.iter_messages("celery")
-        assert message.headers["eta"] and message.headers["task"] == "tests.apps.basic.add"
+        assert message.headers.eta and message.headers.task == "tests.apps.basic.add"
     finally:
         broker.close()
         app.close()

@@ -11,6 +11,7 @@ import pytest
 from deploykit.brokers.base import RawMessage
 from deploykit.brokers.records import ConsumerRecord, FileRecordStore, RabbitMQRecordStore
 from deploykit.errors import Unavailable
+from deploykit.messages import StoredHeaders
 from deploykit.orchestrate.common import Progress
 from deploykit.orchestrate.shutdown import ShutdownMachine, ShutdownOptions
 from deploykit.output.progress import ProgressDisplay
@@ -98,7 +99,7 @@ def test_shutdown_on_redis_sees_the_mailbox_go_and_counts_what_left_unacked():
 
     def unacked(task_id: str) -> RawMessage:
         return RawMessage(
-            "unacked", "celery", {"id": task_id}, {}, "", None, None, None, 0, delivery_tag=task_id
+            "unacked", "celery", StoredHeaders(id=task_id), "", None, None, None, 0, delivery_tag=task_id
         )
 
     fake.unacked = [unacked("r1"), unacked("e1")]

@@ -10,11 +10,13 @@ import pickle
 import zlib
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deploykit.brokers.base import RawMessage
+from deploykit.messages import StoredHeaders
 from deploykit.scan.decode import PLACEHOLDER, DecodedMessage, Undecodable, decode
 
 
@@ -27,8 +29,7 @@ def raw(
     return RawMessage(
         location="ready",
         queue="celery",
-        headers={"task": "t.add", "id": "id-1", **(headers or {})},
-        properties={},
+        headers=StoredHeaders.from_mapping({"task": "t.add", "id": "id-1", **(headers or {})}),
         body=body,
         body_encoding=body_encoding,
         content_type=content_type,
@@ -99,7 +100,7 @@ def test_compressed_body():
         encode=False,
         body_encoding="base64",
     )
-    message = message._replace(body=base64.b64encode(data).decode())
+    message = msgspec.structs.replace(message, body=base64.b64encode(data).decode())
     result = decode(message)
     assert isinstance(result, DecodedMessage) and result.calls[0].args == (1, 2)
 
@@ -226,8 +227,7 @@ def test_any_bytes_decode_or_are_undecidable(body, content_type, encoding, heade
     message = RawMessage(
         location="ready",
         queue="q",
-        headers=headers,
-        properties={},
+        headers=StoredHeaders.from_mapping(headers),
         body=body,
         body_encoding=encoding,
         content_type=content_type,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from datetime import datetime, timedelta, timezone
 
+from deploykit.messages import NO_HEADERS, StoredHeaders
 from deploykit.scan.bind import Param, TaskSpec
 from deploykit.scan.decode import DecodedMessage, TaskCall, Undecodable
 from deploykit.scan.engine import Item, Judge, Report, Verdict, scan
@@ -53,11 +54,11 @@ def msg(
     location="queue:celery",
 ):
     calls = (TaskCall(name, tuple(args), kwargs or {}), *extra)
-    headers = {
-        "id": task_id,
-        "eta": eta.isoformat() if eta else None,
-        "expires": expires.isoformat() if expires else None,
-    }
+    headers = StoredHeaders(
+        id=task_id,
+        eta=eta.isoformat() if eta else None,
+        expires=expires.isoformat() if expires else None,
+    )
     return Item(location, headers, size, DecodedMessage(task_id, name, calls, "application/json"))
 
 
@@ -72,7 +73,12 @@ def test_each_verdict():
         msg("bank.transfer", (), {"source": "a", "target": "b", "amount": 5}, task_id="kw"),
         msg("notify", (7,), task_id="fail"),
         msg("legacy", (1,), task_id="gone"),
-        Item("queue:celery", {}, 10, Undecodable("bad", "report", "pickle payload (never unpickled)", None)),
+        Item(
+            "queue:celery",
+            NO_HEADERS,
+            10,
+            Undecodable("bad", "report", "pickle payload (never unpickled)", None),
+        ),
     ]
     report = run(items)
     verdicts = {(g.task, g.verdict): g.samples for g in report.groups.values()}

@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 
 from deploykit.manifest.model import Manifest, Parameter, Task
 from deploykit.manifest.rules import Level
+from deploykit.messages import StoredHeaders
 from deploykit.scan.decode import DecodedMessage, TaskCall
 from deploykit.scan.engine import Item, Judge, Report, scan
 from deploykit.scan.findings import scan_findings
@@ -25,7 +26,9 @@ NEW = Manifest(
 
 
 def item(name, args, location="queue:celery"):
-    return Item(location, {"id": "x"}, 10, DecodedMessage("x", name, (TaskCall(name, args, {}),), None))
+    return Item(
+        location, StoredHeaders(id="x"), 10, DecodedMessage("x", name, (TaskCall(name, args, {}),), None)
+    )
 
 
 def test_breaking_groups_become_findings_and_runs_do_not():

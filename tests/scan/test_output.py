@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 from rich.console import Console
 
+from deploykit.messages import NO_HEADERS, StoredHeaders
 from deploykit.output import scan as out
 from deploykit.scan.decode import DecodedMessage, TaskCall, Undecodable
 from deploykit.scan.engine import Item, Judge, Report, scan
@@ -20,7 +21,7 @@ def report() -> Report:
     items = [
         Item(
             "queue:celery",
-            {"id": f"f{i}", "eta": "2026-11-21T10:00:00+00:00"},
+            StoredHeaders(id=f"f{i}", eta="2026-11-21T10:00:00+00:00"),
             5000,
             DecodedMessage(f"f{i}", "t.notify", (TaskCall("t.notify", (1,), {}),), None),
         )
@@ -28,13 +29,16 @@ def report() -> Report:
     ]
     items.append(
         Item(
-            "queue:celery", {}, 10, Undecodable("u", "t.notify", "pickle payload (never unpickled); x", None)
+            "queue:celery",
+            NO_HEADERS,
+            10,
+            Undecodable("u", "t.notify", "pickle payload (never unpickled); x", None),
         )
     )
     items.append(
         Item(
             "beat:nightly",
-            {},
+            NO_HEADERS,
             None,
             DecodedMessage(None, "t.notify", (TaskCall("t.notify", (1, "sms"), {}),), None),
         )

@@ -13,6 +13,7 @@ from deploykit.inspection import (
     collect_status,
     discover,
 )
+from deploykit.messages import StoredHeaders
 from tests.fakes import FakeBroker, FakeFleet
 
 NOW = datetime(2026, 11, 21, 12, 0, 0, tzinfo=timezone.utc)
@@ -152,14 +153,13 @@ def _unacked(task_id: str, eta: datetime | None, delivered: datetime, queue="cel
     return RawMessage(
         location="unacked",
         queue=queue,
-        headers={
-            "id": task_id,
-            "task": "t.add",
-            "eta": eta.isoformat() if eta else None,
-            "argsrepr": "(1, 2)",
-            "kwargsrepr": "{}",
-        },
-        properties={},
+        headers=StoredHeaders(
+            id=task_id,
+            task="t.add",
+            eta=eta.isoformat() if eta else None,
+            argsrepr="(1, 2)",
+            kwargsrepr="{}",
+        ),
         body="",
         body_encoding="base64",
         content_type="application/json",

@@ -19,6 +19,7 @@ from deploykit.brokers import redis as redis_broker
 from deploykit.brokers.redis import RedisBroker, attribute, priority_keys
 from deploykit.demo.processes import free_port, redis_server_binary
 from deploykit.errors import Unavailable, UsageError
+from deploykit.messages import NO_HEADERS
 
 
 def make_app(url: str, options: dict[str, Any] | None = None) -> Celery:
@@ -107,7 +108,7 @@ def test_custom_sep_steps_and_global_keyprefix(redis_url: str) -> None:
         (stats,) = broker.queue_stats(["celery"]).queues
         assert (stats.ready, stats.ready_by_priority, stats.exists) == (4, {0: 2, 5: 2}, True)
         assert broker.known_queues() == ["celery"]  # Celery declares only the queues it publishes to
-        listed = [m.headers["id"] for m in broker.iter_messages("celery", batch=1)]
+        listed = [m.headers.id for m in broker.iter_messages("celery", batch=1)]
         # A delivery through kombu with the same options lands in the prefixed unacked hash.
         with Connection(redis_url, transport_options=options) as conn:
             held = Queue("celery")(conn.channel()).get(no_ack=False)
@@ -115,7 +116,7 @@ def test_custom_sep_steps_and_global_keyprefix(redis_url: str) -> None:
             (stats,) = broker.queue_stats(["celery"]).queues
             assert (stats.ready, stats.unacked, stats.ready_by_priority) == (3, 1, {0: 1, 5: 2})
             (unacked,) = broker.unacked_messages()
-            assert unacked.headers["id"] == held.headers["id"] and unacked.delivered_at is not None
+            assert unacked.headers.id == held.headers["id"] and unacked.delivered_at is not None
             assert unacked.queue == "celery"
     # Without the options, nothing of that layout is visible.
     with RedisBroker(redis_url, transport_options={}, timeout=1) as plain:
@@ -134,10 +135,12 @@ def test_iter_messages_is_consume_order_and_changes_nothing(redis_url: str, brok
     assert len(messages) == 23
     first = messages[0]
     assert first.location == "ready" and first.queue == "celery"
-    assert first.body_encoding == "base64" and first.content_type == "application/json"
+    # The base64 body comes decoded: the serialized (args, kwargs, embed) of the call.
+    assert first.body_encoding is None and first.content_type == "application/json"
+    assert json.loads(first.body)[:2] == [[1, 2], {}]
     assert first.content_encoding == "utf-8" and first.size > 500
-    assert first.headers["task"] == "tasks.add" and first.delivery_tag == first.properties["delivery_tag"]
-    assert [m.headers["id"] for m in messages] == consume_order(redis_url, "celery")
+    assert first.headers.task == "tasks.add" and first.delivery_tag
+    assert [m.headers.id for m in messages] == consume_order(redis_url, "celery")
     assert list(broker.iter_messages("nosuch")) == []
 
 
@@ -156,12 +159,12 @@ def test_iter_messages_skips_nothing_while_the_queue_moves(
     seen = []
     iterator = broker.iter_messages("celery", batch=5)
     for _ in range(5):
-        seen.append(next(iterator).headers["id"])
+        seen.append(next(iterator).headers.id)
     # Meanwhile: producers push at the head, a consumer pops from the tail.
     raw.lpush("celery", *[_envelope(i) for i in range(100, 104)])
     for _ in range(pops):
         raw.rpop("celery")
-    seen += [m.headers["id"] for m in iterator]
+    seen += [m.headers.id for m in iterator]
     raw.close()
     original = [f"m{i}" for i in range(20)]
     assert seen[:5] == original[:5]
@@ -176,10 +179,10 @@ def test_iter_messages_restarts_when_the_anchor_was_consumed(redis_url: str, bro
     raw = redis.Redis.from_url(redis_url)
     raw.lpush("celery", *[_envelope(i) for i in range(12)])
     iterator = broker.iter_messages("celery", batch=4)
-    seen = [next(iterator).headers["id"] for _ in range(4)]
+    seen = [next(iterator).headers.id for _ in range(4)]
     for _ in range(6):  # consumers took m0..m5, including the anchor m3
         raw.rpop("celery")
-    seen += [m.headers["id"] for m in iterator]
+    seen += [m.headers.id for m in iterator]
     raw.close()
     assert seen == ["m0", "m1", "m2", "m3", "m6", "m7", "m8", "m9", "m10", "m11"]
 
@@ -191,7 +194,7 @@ def test_garbage_in_a_list_is_returned_raw_not_raised(redis_url: str, broker: Re
     (message,) = broker.iter_messages("celery")
     assert (message.body, message.headers, message.content_type, message.size) == (
         b"\x80not json",
-        {},
+        NO_HEADERS,
         None,
         9,
     )
@@ -226,8 +229,8 @@ def test_unacked_attribution_and_eta(redis_url: str, broker: RedisBroker) -> Non
         assert rows == {"celery": (1, 3, 2, True), "emails": (0, 1, 0, True), "audit": (0, 1, 0, True)}
         assert report.notes == ()
 
-        unacked = sorted(broker.unacked_messages(), key=lambda m: str(m.headers.get("id")))
-        by_id = {m.headers.get("id"): m for m in unacked}
+        unacked = sorted(broker.unacked_messages(), key=lambda m: str(m.headers.id))
+        by_id = {m.headers.id: m for m in unacked}
         assert set(by_id) == {*eta_ids, plain_id, "e1", "u1"}
         assert {i: by_id[i].queue for i in by_id} == {
             eta_ids[0]: "celery",
@@ -236,7 +239,7 @@ def test_unacked_attribution_and_eta(redis_url: str, broker: RedisBroker) -> Non
             "e1": "emails",
             "u1": "audit",
         }
-        assert [bool(by_id[i].headers.get("eta")) for i in (*eta_ids, plain_id)] == [True, True, False]
+        assert [bool(by_id[i].headers.eta) for i in (*eta_ids, plain_id)] == [True, True, False]
         for message in unacked:
             assert message.location == "unacked" and message.delivery_tag
             assert message.delivered_at is not None and abs(message.delivered_at - started) < 30
