@@ -281,3 +281,60 @@ def test_rabbitmq_queues_are_read_only_with_peek_and_quorum_only_when_forced(
                 break
             time.sleep(0.5)
         assert counts == (3, 1)
+
+
+def test_hostile_messages_in_a_real_queue_are_undecidable_never_a_crash(redis_url, tmp_path):
+    """What a user sees when the queue holds anything at all: every message counted, the
+    unreadable ones as undecidable with a reason, nothing unpickled, nothing moved, no traceback."""
+    import base64
+    import pathlib
+
+    import redis
+    from celery import Celery
+
+    env = {"DEPLOYKIT_TEST_BROKER": redis_url}
+    manifest = tmp_path / "v2.json"
+    _snapshot("tests.apps.shop_v2", manifest, env)
+    marker = tmp_path / "unpickled"
+    # Unpickling this would create the marker file.
+    boom = type("Boom", (), {"__reduce__": lambda self: (pathlib.Path.touch, (marker,))})()
+
+    producer = Celery("producer", broker=redis_url, set_as_current=False)
+    producer.send_task("shop.report", args=[3])  # a real JSON message: runs
+    producer.send_task("shop.report", args=[boom], serializer="pickle")
+    producer.send_task("shop.report", args=["x" * (20 * 1024 * 1024)])  # 20 MB: runs, oversized
+    client = redis.Redis.from_url(redis_url)
+    (real,) = [m for m in client.lrange("celery", 0, -1) if b"python-serialize" not in m and len(m) < 10_000]
+    envelope = json.loads(real)
+
+    def variant(**changes: object) -> bytes:
+        return json.dumps({**envelope, **changes}).encode()
+
+    hostile = [
+        b"\x80 not even JSON",
+        real[: len(real) // 2],  # truncated
+        variant(body="%%% not base64 %%%"),
+        variant(body=base64.b64encode(b"{corrupt json").decode()),
+        variant(body=base64.b64encode(b"\xff\xfe invalid utf-8").decode()),
+        variant(**{"content-type": "application/x-unknown"}),
+        variant(headers=None),
+        variant(headers=["not", "a", "table"]),
+    ]
+    client.lpush("celery", *hostile)
+    before = {k: client.dump(k) for k in client.keys("*")}
+
+    result = deploykit(
+        "scan", "-b", redis_url, "--against", str(manifest), "--json", "--no-workers", "--no-beat", env=env
+    )
+
+    assert result.returncode == 0, result.stderr  # undecidable is reported, it does not block
+    assert "Traceback" not in result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["totals"]["scanned"] == 3 + len(hostile)
+    assert doc["totals"]["runs"] == 2
+    assert doc["totals"]["undecidable"] == 1 + len(hostile)
+    reasons = " | ".join(doc["undecidable_reasons"])
+    assert "never unpickled" in reasons and "not valid base64" in reasons
+    assert doc["oversized"] == {"shop.report": 1}
+    assert not marker.exists()
+    assert {k: client.dump(k) for k in client.keys("*")} == before
