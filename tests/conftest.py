@@ -24,21 +24,28 @@ RABBIT_AUTH = ("guest", "guest")
 
 @pytest.fixture(scope="session")
 def redis_process() -> Iterator[RedisProcess]:
-    """One private redis-server for the session (a free port, nothing on disk)."""
-    process = start_redis()
+    """One private redis-server for the session (a free port, nothing on disk), with a database
+    for every test that asks for one (see ``redis_url``)."""
+    process = start_redis(databases=REDIS_DATABASES)
     yield process
     process.stop()
 
 
-_redis_db_counter = iter(range(1, 10_000))
+REDIS_DATABASES = 1024
+_redis_db_counter = iter(range(1, REDIS_DATABASES))
 
 
 @pytest.fixture
 def redis_url(redis_process: RedisProcess) -> Iterator[str]:
-    """A fresh, empty database on the private Redis, flushed afterwards."""
+    """A fresh, empty database on the private Redis, flushed afterwards.
+
+    Never one an earlier test used: Celery apps share kombu's global connection pools, keyed by
+    URL, and a pooled connection remembers the queues it declared, so a later producer on a
+    reused database would skip declaring its queues and leave no bindings.
+    """
     import redis
 
-    db = next(_redis_db_counter) % 16
+    db = next(_redis_db_counter)
     client = redis.Redis(port=redis_process.port, db=db)
     client.flushdb()
     yield f"redis://127.0.0.1:{redis_process.port}/{db}"

@@ -66,8 +66,8 @@ class RedisProcess:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_redis(prefer_embedded: bool = False) -> RedisProcess:
-    """Start a private Redis and wait until it answers."""
+def start_redis(prefer_embedded: bool = False, databases: int = 16) -> RedisProcess:
+    """Start a private Redis with ``databases`` logical databases and wait until it answers."""
     binary = redis_server_binary(prefer_embedded)
     workdir = Path(tempfile.mkdtemp(prefix="deploykit-redis-"))
     for _attempt in range(5):
@@ -89,6 +89,8 @@ def start_redis(prefer_embedded: bool = False) -> RedisProcess:
                 "no",
                 "--loglevel",
                 "warning",
+                "--databases",
+                str(databases),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
