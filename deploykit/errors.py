@@ -7,8 +7,11 @@
     ├── UsageError            2    bad flag, bad value, corrupt file, app that fails to import
     ├── TimedOut              3    a wait ran out of time with work still in flight
     ├── Refused               4    a precondition or budget forbids the action
+    ├── Incomplete            5    some of what should be checked could not be read (never "OK")
     ├── Unavailable          69    broker, management API or required workers unreachable
     └── Interrupted         130    Ctrl-C / SIGTERM
+
+    (70: internal error, a deploykit bug: any exception that is not a DeploykitError.)
 
 Library exceptions (redis, amqp, httpx, kombu) are translated into these at the broker boundary
 (``deploykit/brokers``, ``deploykit/fleet``); anything else reaching the CLI is a bug.
@@ -27,7 +30,9 @@ class ExitCode(IntEnum):
     USAGE = 2
     TIMEOUT = 3
     REFUSED = 4
+    INCOMPLETE = 5
     UNAVAILABLE = 69
+    INTERNAL = 70
     INTERRUPTED = 130
 
 
@@ -55,6 +60,10 @@ class TimedOut(DeploykitError):
 
 class Refused(DeploykitError):
     exit_code = ExitCode.REFUSED
+
+
+class Incomplete(DeploykitError):
+    exit_code = ExitCode.INCOMPLETE
 
 
 class Unavailable(DeploykitError):
