@@ -435,26 +435,10 @@ def task_mismatch(registered: Any, expected: frozenset[str]) -> str | None:
 
 
 def manifest_task_names(path: Any) -> frozenset[str]:
-    """Task names in a manifest file (the manifest package's loader when present, else its JSON)."""
-    try:
-        from deploykit.manifest import model
+    """Task names in a manifest file (a corrupt or unreadable file is a usage error)."""
+    from deploykit.manifest import model
 
-        return frozenset(model.read(path).tasks)
-    except ImportError:  # pragma: no cover - the manifest package ships with deploykit
-        pass
-    import json
-    from pathlib import Path
-
-    from deploykit.errors import UsageError
-
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read manifest {path}: {exc}") from None
-    tasks = data.get("tasks") if isinstance(data, dict) else None
-    if not isinstance(tasks, dict):
-        raise UsageError(f"manifest {path} has no 'tasks' object")
-    return frozenset(tasks)
+    return frozenset(model.read(path).tasks)
 
 
 __all__: Sequence[str] = (
