@@ -6,22 +6,14 @@ kombu transports) stay inside this package and happen only when a broker is open
 
 from __future__ import annotations
 
-from deploykit.brokers.base import Broker
-from deploykit.config import Settings, mask_url
+from typing import TYPE_CHECKING
+
+from deploykit.brokers.urls import mask_url, parse_broker_url
 from deploykit.errors import UsageError
 
-REDIS_SCHEMES = {"redis", "rediss", "redis+socket", "sentinel"}
-AMQP_SCHEMES = {"amqp", "amqps", "pyamqp"}
-FILESYSTEM_SCHEMES = {"filesystem"}
-
-
-def broker_scheme(url: str) -> str:
-    """The transport scheme of ``url`` (the first of a ``;`` failover list), lower-cased."""
-    first = url.split(";")[0].strip()
-    scheme, sep, _ = first.partition("://")
-    if not sep or not scheme:
-        raise UsageError(f"invalid broker URL {mask_url(first)!r}: expected SCHEME://…")
-    return scheme.lower()
+if TYPE_CHECKING:  # kept out of the import: deploykit.config imports deploykit.brokers.urls
+    from deploykit.brokers.base import Broker
+    from deploykit.config import Settings
 
 
 def open_broker(settings: Settings) -> Broker:
@@ -32,13 +24,14 @@ def open_broker(settings: Settings) -> Broker:
             "[tool.deploykit] in pyproject.toml, or name an app with -A"
         )
     url = settings.broker_url
-    scheme = broker_scheme(url)
+    parsed = parse_broker_url(url)
+    scheme = parsed.scheme
     options = dict(settings.transport_options)
-    if scheme in REDIS_SCHEMES:
+    if parsed.kind == "redis":
         from deploykit.brokers.redis import RedisBroker
 
         return RedisBroker(url, transport_options=options, timeout=settings.timeout)
-    if scheme in AMQP_SCHEMES:
+    if parsed.kind == "rabbitmq":
         from deploykit.brokers.rabbitmq import RabbitMQBroker
 
         return RabbitMQBroker(
@@ -48,7 +41,7 @@ def open_broker(settings: Settings) -> Broker:
             timeout=settings.timeout,
             consumer_timeout=settings.project.get("consumer_timeout"),
         )
-    if scheme in FILESYSTEM_SCHEMES:
+    if parsed.kind == "filesystem":
         from deploykit.brokers.filesystem import FilesystemBroker
 
         return FilesystemBroker(url, transport_options=options)

@@ -32,7 +32,7 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import httpx
 
@@ -47,7 +47,17 @@ from deploykit.brokers.base import (
     is_delayed_queue,
     is_internal_queue,
 )
-from deploykit.config import DEFAULT_TIMEOUT, Redactor, default_management_url, mask_url, parse_duration
+from deploykit.brokers.urls import (
+    ManagementEndpoint,
+    Redactor,
+    default_management_url,
+    first_url,
+    management_endpoint,
+    mask_url,
+    split_url,
+    vhost_of,
+)
+from deploykit.config import DEFAULT_TIMEOUT, parse_duration
 from deploykit.errors import DeploykitError, Refused, Unavailable, UsageError
 from deploykit.messages import StoredHeaders
 
@@ -138,57 +148,6 @@ class _ManagementDown(Exception):
         self.problem = problem
 
 
-def vhost_from_url(url: str) -> str:
-    """The virtual host named by an AMQP URL's path, percent-decoded; ``/`` when there is none.
-
-    Same rule as kombu's URL parser: ``amqp://h//`` and ``amqp://h/%2F`` are both ``/``.
-    """
-    first = url.split(";")[0].strip()
-    path = urlsplit(first).path
-    vhost = unquote(path[1:] if path.startswith("/") else path)
-    return vhost or "/"
-
-
-@dataclass(frozen=True)
-class ManagementEndpoint:
-    """Where the management API lives and how to log in to it."""
-
-    base_url: str
-    auth: tuple[str, str] | None
-    display_url: str
-
-
-def management_endpoint(management_url: str, broker_url: str) -> ManagementEndpoint:
-    """Split ``management_url`` into a base URL (keeping any path prefix) and credentials.
-
-    Credentials default to the broker URL's (``guest``/``guest`` when it has none), like
-    :func:`deploykit.config.default_management_url`.
-    """
-    parts = urlsplit(management_url.strip())
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if parts.scheme not in {"http", "https"} or not parts.hostname or port == -1:
-        raise UsageError(
-            f"invalid management URL {mask_url(management_url)!r}: expected http(s)://USER:PASSWORD@HOST:15672/"
-        )
-    if parts.username is not None:
-        auth = (unquote(parts.username), unquote(parts.password or ""))
-    else:
-        broker = urlsplit(broker_url.split(";")[0].strip())
-        auth = (
-            unquote(broker.username) if broker.username is not None else "guest",
-            unquote(broker.password) if broker.password is not None else "guest",
-        )
-    host = parts.hostname
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{port}" if port is not None else host
-    base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-    return ManagementEndpoint(base, auth, mask_url(management_url) or management_url)
-
-
 def _bounded(value: float, low: float, high: float) -> float:
     return max(low, min(high, value))
 
@@ -212,7 +171,7 @@ class RabbitMQBroker(Broker):
         """``http_transport`` and ``probe_factory`` replace the network in unit tests."""
         super().__init__(mask_url(url) or url)
         self._url = url
-        self.vhost = vhost_from_url(url)
+        self.vhost = vhost_of(url)
         self._transport_options = dict(transport_options or {})
         # ``timeout`` is the command's reply timeout (1 s by default); connecting gets a little
         # more, but never so much that an unreachable broker keeps a deploy script waiting.
@@ -404,7 +363,7 @@ class RabbitMQBroker(Broker):
             # refused for user 'u'" (rabbit_reader / rabbit_access_control).
             return UsageError(f"broker {where}: cannot open virtual host {self.vhost!r}: {text}")
         if isinstance(exc, socket.gaierror):
-            host = urlsplit(self._url.split(";")[0].strip()).hostname
+            host = split_url(first_url(self._url)).hostname
             return Unavailable(f"cannot reach broker {where}: host name {host!r} does not resolve")
         if isinstance(exc, TimeoutError):
             return Unavailable(

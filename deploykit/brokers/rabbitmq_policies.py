@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote
 
 import httpx
+
+from deploykit.brokers.urls import management_endpoint
+from deploykit.brokers.urls import vhost_of as vhost_of
 
 
 @dataclass(frozen=True)
@@ -25,13 +28,6 @@ class QueuePolicy:
     definition: Mapping[str, Any] = field(default_factory=dict)
 
 
-def vhost_of(broker_url: str) -> str:
-    """The virtual host of an AMQP URL (``/`` when the path is empty)."""
-    path = urlsplit(broker_url.split(";")[0].strip()).path
-    vhost = unquote(path[1:] if path.startswith("/") else path)
-    return vhost or "/"
-
-
 def read_queue_policies(
     management_url: str,
     broker_url: str,
@@ -40,17 +36,11 @@ def read_queue_policies(
     transport: httpx.BaseTransport | None = None,
 ) -> tuple[dict[str, QueuePolicy] | None, str | None]:
     """Effective policies of every queue in the broker URL's vhost, or ``(None, why not)``."""
-    parts = urlsplit(management_url)
-    auth = (unquote(parts.username or "guest"), unquote(parts.password or "guest"))
-    netloc = parts.hostname or "localhost"
-    if parts.port:
-        netloc += f":{parts.port}"
-    base = f"{parts.scheme or 'http'}://{netloc}{parts.path.rstrip('/')}"
-    vhost = quote(vhost_of(broker_url), safe="")
-    url = f"{base}/api/queues/{vhost}"
+    endpoint = management_endpoint(management_url, broker_url)
+    url = f"{endpoint.base_url}/api/queues/{quote(vhost_of(broker_url), safe='')}"
     params = {"columns": "name,policy,operator_policy,effective_policy_definition"}
     try:
-        with httpx.Client(auth=auth, timeout=timeout, transport=transport) as client:
+        with httpx.Client(auth=endpoint.auth, timeout=timeout, transport=transport) as client:
             response = client.get(url, params=params)
             response.raise_for_status()
             rows = response.json()

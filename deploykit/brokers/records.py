@@ -4,14 +4,19 @@
 machine, or a later CI step) re-adds exactly those consumers and deletes the entries. The record
 lives in the broker, the one place every deploy step can reach:
 
-* Redis: one hash ``deploykit:consumers:<control exchange>`` in the broker's database, field
+* Redis (every kind of Redis URL: ``redis://``, ``rediss://``, ``redis+socket://``,
+  ``sentinel://``): one hash ``<global_keyprefix>deploykit:consumers:<control exchange>`` in the
+  broker's database, written through the broker's own client (so a Sentinel master, a unix socket
+  and the key prefix are honoured exactly as for reading the queues), field
   ``<worker>\\x00<queue>`` -> JSON entry. Every write renews the key's TTL (7 days by default):
   a forgotten drain does not linger forever, and a week covers any release pipeline.
 * RabbitMQ: a management-API *global parameter* ``deploykit-consumers.<vhost>.<exchange>`` whose
   JSON value holds the entries and an ``expires_at`` time (RabbitMQ parameters have no TTL; an
   expired value reads as empty and is deleted). Global parameters survive broker restarts, need no
   queue and no consumer, and are read without side effects — unlike a message in a queue, which
-  RabbitMQ cannot peek (celery-internals §0.6). They need the ``administrator`` tag.
+  RabbitMQ cannot peek (https://www.rabbitmq.com/docs/parameters#global-parameters). They need
+  the ``administrator`` tag. The API is reached at the broker's management endpoint (see
+  :mod:`deploykit.brokers.urls`).
 * Other brokers: a JSON file under ``$XDG_STATE_HOME/deploykit/`` (local to this machine only).
 
 Writes are read-modify-write: deploy steps run one after another, not concurrently.
@@ -26,10 +31,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
+from deploykit.brokers.urls import ManagementEndpoint, mask_url
 from deploykit.errors import Unavailable, UsageError
+
+if TYPE_CHECKING:
+    from deploykit.brokers.base import Broker
 
 #: How long a record is kept after its last change.
 DEFAULT_TTL = 7 * 24 * 3600.0
@@ -123,26 +132,15 @@ class RedisRecordStore(RecordStore):
 
     kind = "redis"
 
-    def __init__(self, client: Any, key: str, *, ttl: float = DEFAULT_TTL, location: str = "") -> None:
+    def __init__(
+        self, client: Any, key: str, *, ttl: float = DEFAULT_TTL, location: str = "", owns_client: bool = True
+    ) -> None:
+        """``owns_client=False``: the client is the broker's, closed with the broker, not here."""
         self._client = client
         self._key = key
         self._ttl = int(ttl)
-        self.location = location or f"redis key {key}"
-
-    @classmethod
-    def from_url(
-        cls, url: str, key: str, *, ttl: float = DEFAULT_TTL, timeout: float = 5.0
-    ) -> RedisRecordStore:
-        import redis
-
-        first = url.split(";")[0].strip()
-        if first.startswith("redis+socket://"):
-            first = "unix://" + first[len("redis+socket://") :]
-        try:
-            client = redis.Redis.from_url(first, socket_timeout=max(timeout, 2.0), socket_connect_timeout=5)
-        except ValueError as exc:
-            raise UsageError(f"cannot use this broker URL for the deploykit record: {exc}") from None
-        return cls(client, key, ttl=ttl, location=f"redis key {key!r}")
+        self._owns_client = owns_client
+        self.location = location or f"redis key {key!r}"
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         import redis
@@ -180,9 +178,11 @@ class RedisRecordStore(RecordStore):
             self._call(lambda: self._client.hdel(self._key, *[_field(r) for r in records]))
 
     def close(self) -> None:
+        if not self._owns_client:
+            return
         try:
             self._client.close()
-        except Exception:
+        except Exception:  # closing a broken connection must not mask the real error
             pass
 
 
@@ -207,26 +207,22 @@ class RabbitMQRecordStore(RecordStore):
         self.location = location or f"RabbitMQ global parameter {name!r}"
 
     @classmethod
-    def from_urls(
+    def for_endpoint(
         cls,
-        broker_url: str,
-        management_url: str,
+        endpoint: ManagementEndpoint,
+        vhost: str,
         exchange: str,
         *,
         ttl: float = DEFAULT_TTL,
         timeout: float = 5.0,
     ) -> RabbitMQRecordStore:
+        """The record of ``vhost`` through the management API at ``endpoint``."""
         import httpx
 
-        parts = urlsplit(broker_url.split(";")[0].strip())
-        vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-        mgmt = urlsplit(management_url)
-        auth = (unquote(mgmt.username or "guest"), unquote(mgmt.password or "guest"))
-        host = mgmt.hostname or "localhost"
-        base = f"{mgmt.scheme}://{host}:{mgmt.port or 15672}{mgmt.path.rstrip('/')}"
-        client = httpx.Client(base_url=base, auth=auth, timeout=max(timeout, 5.0))
+        client = httpx.Client(base_url=endpoint.base_url, auth=endpoint.auth, timeout=max(timeout, 5.0))
         name = f"deploykit-consumers.{vhost}.{exchange}"
-        return cls(client, name, ttl=ttl, location=f"RabbitMQ global parameter {name!r} at {base}")
+        location = f"RabbitMQ global parameter {name!r} at {mask_url(endpoint.base_url)}"
+        return cls(client, name, ttl=ttl, location=location)
 
     def _path(self) -> str:
         return f"/api/global-parameters/{quote(self._name, safe='')}"
@@ -345,27 +341,35 @@ class FileRecordStore(RecordStore):
 
 
 def open_record_store(
-    broker_url: str,
+    broker: Broker,
     *,
-    management_url: str | None,
     control_exchange: str = "celery",
     ttl: float = DEFAULT_TTL,
     timeout: float = 5.0,
 ) -> RecordStore:
-    """The record store that fits the broker (no network traffic until it is used)."""
-    scheme = broker_url.split(";")[0].strip().partition("://")[0].lower()
-    if scheme in {"redis", "rediss", "redis+socket"}:
-        return RedisRecordStore.from_url(
-            broker_url, f"deploykit:consumers:{control_exchange}", ttl=ttl, timeout=timeout
+    """The record store that fits ``broker``, reached the way ``broker`` reaches its server
+    (no network traffic until it is used)."""
+    key = f"deploykit:consumers:{control_exchange}"
+    if broker.kind == "redis":
+        from deploykit.brokers.redis import RedisBroker
+
+        assert isinstance(broker, RedisBroker)
+        prefixed = broker.global_keyprefix + key
+        return RedisRecordStore(
+            broker.client, prefixed, ttl=ttl, location=f"redis key {prefixed!r}", owns_client=False
         )
-    if scheme in {"amqp", "amqps", "pyamqp"}:
-        if not management_url:
+    if broker.kind == "rabbitmq":
+        from deploykit.brokers.rabbitmq import RabbitMQBroker
+
+        assert isinstance(broker, RabbitMQBroker)
+        if broker.management is None:
             raise UsageError(
                 "the deploykit record on RabbitMQ needs the management API: pass --management-url"
             )
-        return RabbitMQRecordStore.from_urls(
-            broker_url, management_url, control_exchange, ttl=ttl, timeout=timeout
+        return RabbitMQRecordStore.for_endpoint(
+            broker.management, broker.vhost, control_exchange, ttl=ttl, timeout=timeout
         )
     state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    safe = quote(broker_url.split("@")[-1], safe="")[:120]
+    # Named after the broker's address: the URL without its user information.
+    safe = quote(broker.display_url.split("@")[-1], safe="")[:120]
     return FileRecordStore(state / "deploykit" / f"consumers-{safe}-{control_exchange}.json", ttl=ttl)

@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar, cast
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote
 
 import msgspec
 import redis
@@ -54,7 +54,7 @@ from deploykit.brokers.base import (
     is_internal_queue,
 )
 from deploykit.brokers.envelope import parse_ready, parse_unacked
-from deploykit.config import Redactor, mask_url
+from deploykit.brokers.urls import Redactor, first_url, mask_url, redis_db, split_failover, split_url
 from deploykit.errors import Unavailable, UsageError
 
 #: kombu defaults (``Channel.sep``, ``PRIORITY_STEPS``, ``Channel.visibility_timeout``,
@@ -168,10 +168,15 @@ class RedisBroker(Broker):
         self._client = client if client is not None else self._make_client(url, opts)
 
     # ---------------------------------------------------------------------------- connecting
+    @property
+    def client(self) -> redis.Redis:
+        """The redis-py client (Sentinel master, unix socket or TCP), for the drain record."""
+        return self._client
+
     def _make_client(self, url: str, opts: Mapping[str, Any]) -> redis.Redis:
         """A client for ``url`` (no network traffic yet: redis-py connects on first use)."""
-        first = url.split(";")[0].strip()
-        scheme = first.partition("://")[0].lower()
+        first = first_url(url)
+        parts = split_url(first)
         timeouts: dict[str, Any] = {
             "socket_connect_timeout": self.connect_timeout,
             "socket_timeout": self.read_timeout,
@@ -179,22 +184,19 @@ class RedisBroker(Broker):
             # unreachable Sentinel): fail at once instead, the caller decides what to do.
             "retry": Retry(NoBackoff(), 0),
         }
+        if parts.scheme == "sentinel":
+            return self._sentinel_client(url, opts, timeouts)
+        if parts.scheme == "redis+socket":
+            # kombu: redis+socket:///path/to/socket[?virtual_host=N]
+            return redis.Redis(
+                unix_socket_path=unquote(parts.path),
+                db=redis_db(first),
+                password=parts.password or None,
+                socket_timeout=self.read_timeout,
+                retry=timeouts["retry"],
+            )
         try:
-            if scheme == "sentinel":
-                return self._sentinel_client(url, opts, timeouts)
-            if scheme == "redis+socket":
-                # kombu: redis+socket:///path/to/socket[?virtual_host=N]
-                parts = urlsplit(first)
-                query = dict(parse_qsl(parts.query))
-                db = query.get("virtual_host") or query.get("db") or "0"
-                return redis.Redis(
-                    unix_socket_path=unquote(parts.path),
-                    db=int(db.strip("/") or 0),
-                    password=unquote(parts.password) if parts.password else None,
-                    socket_timeout=self.read_timeout,
-                    retry=timeouts["retry"],
-                )
-            return redis.Redis.from_url(first, **timeouts)
+            return redis.Redis.from_url(first, db=redis_db(first), **timeouts)
         except ValueError as exc:
             raise UsageError(f"invalid Redis URL {self.display_url!r}: {self._redact(str(exc))}") from None
 
@@ -204,23 +206,26 @@ class RedisBroker(Broker):
             raise UsageError("sentinel:// brokers need the transport option master_name")
         sentinels: list[tuple[str, int]] = []
         username = password = None
-        db = 0
-        for part in url.split(";"):
-            parsed = urlsplit(part.strip())
+        for part in split_failover(url):
+            parsed = split_url(part)
             sentinels.append((parsed.hostname or "127.0.0.1", parsed.port or 26379))
             if parsed.password and password is None:
-                username = unquote(parsed.username) if parsed.username else None
-                password = unquote(parsed.password)
-            if parsed.path.strip("/"):
-                db = int(parsed.path.strip("/"))
+                username, password = parsed.username or None, parsed.password
+        extra = opts.get("sentinel_kwargs") or {}
+        if not isinstance(extra, Mapping):
+            raise UsageError("transport option sentinel_kwargs must be a table/object")
+        try:
+            min_other = int(opts.get("min_other_sentinels") or 0)
+        except (TypeError, ValueError):
+            raise UsageError("transport option min_other_sentinels must be an integer") from None
         sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
             sentinels,
-            min_other_sentinels=int(opts.get("min_other_sentinels") or 0),
-            sentinel_kwargs={**timeouts, **(opts.get("sentinel_kwargs") or {})},
+            min_other_sentinels=min_other,
+            sentinel_kwargs={**timeouts, **extra},
             **timeouts,
         )
         master = sentinel.master_for(  # type: ignore[no-untyped-call]
-            str(master_name), db=db, username=username, password=password
+            str(master_name), db=redis_db(url), username=username, password=password
         )
         return cast("redis.Redis", master)
 

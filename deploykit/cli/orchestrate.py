@@ -115,14 +115,11 @@ def _duration(value: str | None, what: str) -> float | None:
 def _records(session: Any, ttl: str) -> Any:
     from deploykit.brokers.records import open_record_store
 
-    settings = session.settings
-    assert settings.broker_url is not None
     return open_record_store(
-        settings.broker_url,
-        management_url=settings.management_url,
+        session.broker,
         control_exchange=session.control_exchange,
         ttl=parse_duration(ttl, what="--record-ttl"),
-        timeout=settings.timeout,
+        timeout=session.settings.timeout,
     )
 
 

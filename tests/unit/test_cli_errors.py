@@ -9,6 +9,7 @@ from deploykit.cli import app
 from deploykit.errors import (
     DeploykitError,
     ExitCode,
+    Incomplete,
     Interrupted,
     Refused,
     TimedOut,
@@ -27,17 +28,14 @@ def test_exit_code_table_is_the_documented_one():
         "USAGE": 2,
         "TIMEOUT": 3,
         "REFUSED": 4,
+        "INCOMPLETE": 5,
         "UNAVAILABLE": 69,
+        "INTERNAL": 70,
         "INTERRUPTED": 130,
     }
-    assert [c.exit_code for c in (UnsafeError, UsageError, TimedOut, Refused, Unavailable, Interrupted)] == [
-        1,
-        2,
-        3,
-        4,
-        69,
-        130,
-    ]
+    assert [
+        c.exit_code for c in (UnsafeError, UsageError, TimedOut, Refused, Incomplete, Unavailable, Interrupted)
+    ] == [1, 2, 3, 4, 5, 69, 130]
     assert issubclass(Refused, DeploykitError)
 
 

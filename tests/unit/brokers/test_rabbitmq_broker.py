@@ -16,9 +16,8 @@ from deploykit.brokers.rabbitmq import (
     DEFAULT_CONSUMER_TIMEOUT,
     Declared,
     RabbitMQBroker,
-    management_endpoint,
-    vhost_from_url,
 )
+from deploykit.brokers.urls import management_endpoint, vhost_of
 from deploykit.errors import Refused, Unavailable, UsageError
 
 URL = "amqp://app:s3cr3t@rabbit.example:5672/prod"
@@ -107,8 +106,8 @@ def broker(
         ("amqp://h/one;amqp://h2/two", "one"),
     ],
 )
-def test_vhost_from_url(url: str, vhost: str) -> None:
-    assert vhost_from_url(url) == vhost
+def test_vhost_of(url: str, vhost: str) -> None:
+    assert vhost_of(url) == vhost
 
 
 def test_management_endpoint_keeps_path_prefix_and_splits_credentials() -> None:
