@@ -16,8 +16,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+# URL knowledge lives in deploykit.brokers.urls; Redactor and mask_url are re-exported for callers.
+from deploykit.brokers.urls import Redactor as Redactor
+from deploykit.brokers.urls import default_management_url, parse_broker_url
+from deploykit.brokers.urls import mask_url as mask_url
 from deploykit.errors import UsageError
 
 if sys.version_info >= (3, 11):
@@ -27,7 +30,6 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 ENV_PREFIX = "DEPLOYKIT_"
 DEFAULT_TIMEOUT = 1.0
-MANAGEMENT_PORT = 15672
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -51,62 +53,6 @@ def parse_duration(text: str | float | int, *, what: str = "duration") -> float:
     if seconds < 0:
         raise UsageError(f"invalid {what} {text!r}: must not be negative")
     return seconds
-
-
-_USERINFO_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.\-]*://[^:/@;\s]*:)(?P<pw>[^@;\s/]*)(?=@)", re.I)
-
-
-def mask_url(url: str | None) -> str | None:
-    """Replace the password in every URL of ``url`` (``;``-separated failover lists too) by ``***``."""
-    if url is None:
-        return None
-    return _USERINFO_PASSWORD.sub(lambda m: m.group("head") + "***" if m.group("pw") else m.group(0), url)
-
-
-def url_passwords(url: str | None) -> list[str]:
-    """The passwords found in ``url``, raw and percent-decoded, for scrubbing free text."""
-    found: list[str] = []
-    for match in _USERINFO_PASSWORD.finditer(url or ""):
-        pw = match.group("pw")
-        if pw:
-            found.extend({pw, unquote(pw)})
-    return found
-
-
-class Redactor:
-    """Scrubs known secrets from any text before it is shown (errors, logs, JSON)."""
-
-    def __init__(self, secrets: list[str] | None = None) -> None:
-        self._secrets = sorted({s for s in secrets or [] if s}, key=len, reverse=True)
-
-    def add_url(self, url: str | None) -> None:
-        self._secrets = sorted(set(self._secrets) | set(url_passwords(url)), key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        text = _USERINFO_PASSWORD.sub(
-            lambda m: m.group("head") + "***" if m.group("pw") else m.group(0), text
-        )
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-
-def default_management_url(broker_url: str | None) -> str | None:
-    """RabbitMQ management API URL derived from an AMQP broker URL: same host and credentials, port 15672."""
-    if not broker_url:
-        return None
-    first = broker_url.split(";")[0].strip()
-    parts = urlsplit(first)
-    if parts.scheme not in {"amqp", "amqps", "pyamqp", "librabbitmq"}:
-        return None
-    scheme = "https" if parts.scheme == "amqps" else "http"
-    user = unquote(parts.username) if parts.username is not None else "guest"
-    password = unquote(parts.password) if parts.password is not None else "guest"
-    host = parts.hostname or "localhost"
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}:{MANAGEMENT_PORT}"
-    return urlunsplit((scheme, netloc, "/", "", ""))
 
 
 @dataclass(frozen=True)
@@ -252,6 +198,8 @@ def resolve_settings(
         sources["broker"] = "CELERY_BROKER_URL"
 
     transport_options = {**app_options, **project_options, **env_options}
+    if broker:
+        parse_broker_url(broker)  # a malformed URL is a usage error here, before any connection
     if management is None:
         management = default_management_url(broker)
         if management:

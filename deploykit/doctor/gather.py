@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from deploykit.brokers.base import Broker, RawMessage
+from deploykit.brokers.urls import broker_kind
 from deploykit.doctor.model import (
     Audit,
     BrokerQueue,
@@ -27,18 +28,6 @@ from deploykit.fleet.base import Fleet
 TASK_ATTRIBUTES = ("acks_late", "reject_on_worker_lost", "time_limit", "soft_time_limit")
 _REGISTERED = re.compile(r"^(\S+)(?: \[(.*)\])?$")
 _ATTRIBUTE = re.compile(r"(\w+)=(\S+)")
-
-
-def broker_kind_of(url: str | None) -> str | None:
-    """``redis``, ``rabbitmq``, ``sqs`` or the kombu transport name of a broker URL."""
-    if not url:
-        return None
-    scheme = url.split(";")[0].strip().partition("://")[0].lower()
-    if scheme in {"redis", "rediss", "redis+socket", "sentinel"}:
-        return "redis"
-    if scheme in {"amqp", "amqps", "pyamqp", "librabbitmq"}:
-        return "rabbitmq"
-    return scheme or None
 
 
 def plain(value: Any) -> Any:
@@ -236,7 +225,7 @@ def gather_audit(
     """Ask the broker and the workers; without them (offline) audit the app and the files only."""
     from deploykit.inspection import collect_queues, collect_scheduled, discover
 
-    kind = broker_kind_of(broker_url)
+    kind = broker_kind(broker_url)
     all_notes = list(notes)
     if broker is None or fleet is None:
         return Audit(
