@@ -24,7 +24,7 @@ from deploykit.brokers.base import (
     is_delayed_queue,
     is_internal_queue,
 )
-from deploykit.errors import Unavailable
+from deploykit.errors import Refused, Unavailable
 from deploykit.fleet.base import Discovery, Fleet, Replies
 from deploykit.messages import parse_time, shorten, task_headers
 
@@ -39,6 +39,10 @@ WORKER_COMMANDS: Mapping[str, Mapping[str, Any]] = {
 }
 
 _CELERY_VERSION = re.compile(r"celery:(\S+)")
+
+#: At most this many waiting messages are read to find the ETA ones no worker has taken yet
+#: (``scheduled``/``status`` stay quick on a deep queue; ``deploykit scan`` reads them all).
+WAITING_READ_LIMIT = 100_000
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,8 +139,9 @@ class ScheduledEntry:
     name: str | None
     eta: datetime | None
     seconds_left: float | None
-    #: ``worker`` (in a worker's timer) or ``broker-unacked`` (in Redis' unacked hash with no live
-    #: worker holding it: its worker died).
+    #: ``worker`` (in a worker's timer), ``broker-unacked`` (in Redis' unacked hash with no live
+    #: worker holding it: its worker died) or ``queue`` (still waiting in the queue: no worker has
+    #: taken it yet).
     location: str
     worker: str | None
     queue: str | None
@@ -146,11 +151,34 @@ class ScheduledEntry:
 
 
 @dataclass(frozen=True)
+class WaitingEta:
+    """ETA messages still waiting in their queues: no worker has taken them yet."""
+
+    #: ETA messages found per queue, read from the ready lists (Redis, filesystem).
+    by_queue: Mapping[str, int]
+    #: Waiting messages left unread (past ``WAITING_READ_LIMIT``): their ETAs are not counted.
+    unread: int = 0
+    #: Queues whose messages cannot be read without consuming them (RabbitMQ), with their ready
+    #: counts: some of those may be ETA messages, which only ``scan --peek`` can tell.
+    unlisted: Mapping[str, int | None] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_queue.values())
+
+
+@dataclass(frozen=True)
 class ScheduledView:
     entries: tuple[ScheduledEntry, ...]
     delayed: DelayedStore | None
     settings: BrokerSettings
     notes: tuple[str, ...] = ()
+    waiting: WaitingEta | None = None
+
+    @property
+    def held(self) -> int:
+        """Entries a worker holds, or held (orphans in the unacked store), as opposed to queued."""
+        return sum(e.location != "queue" for e in self.entries)
 
 
 @dataclass(frozen=True)
@@ -426,6 +454,81 @@ def _hazards_for(
     return hazards
 
 
+def _queued_eta(
+    broker: Broker,
+    queues: Sequence[QueueRow],
+    settings: BrokerSettings,
+    now: datetime,
+    limit: int | None = None,
+) -> tuple[list[ScheduledEntry], WaitingEta | None]:
+    """ETA messages waiting in ``queues`` that no worker has taken yet, read without consuming.
+
+    The ETA comes from the same ``eta`` header the scan reads (:func:`task_headers`). Brokers
+    that cannot read without consuming (RabbitMQ) get their ready counts reported instead.
+    """
+    entries: list[ScheduledEntry] = []
+    by_queue: Counter[str] = Counter()
+    unlisted: dict[str, int | None] = {}
+    unread = 0
+    budget = WAITING_READ_LIMIT if limit is None else limit
+    for queue in queues:
+        if not queue.exists or queue.ready == 0:
+            continue
+        read = 0
+        try:
+            for raw in broker.iter_messages(queue.name):
+                if read >= budget:
+                    break
+                read += 1
+                headers = task_headers(raw.headers)
+                if headers.eta is None:
+                    continue
+                by_queue[queue.name] += 1
+                entries.append(
+                    ScheduledEntry(
+                        id=headers.id,
+                        name=headers.name,
+                        eta=headers.eta,
+                        seconds_left=(headers.eta - now).total_seconds(),
+                        location="queue",
+                        worker=None,
+                        queue=queue.name,
+                        args=shorten(headers.argsrepr),
+                        kwargs=shorten(headers.kwargsrepr),
+                        hazards=tuple(_hazards_for(broker.kind, settings, headers.eta, now, None)),
+                    )
+                )
+        except Refused:
+            unlisted[queue.name] = queue.ready
+            continue
+        budget -= read
+        if queue.ready is not None and queue.ready > read:
+            unread += queue.ready - read
+    if not by_queue and not unlisted and not unread:
+        return entries, None
+    return entries, WaitingEta(by_queue=dict(by_queue), unread=unread, unlisted=unlisted)
+
+
+def _waiting_notes(kind: str, waiting: WaitingEta | None) -> list[str]:
+    if waiting is None:
+        return []
+    notes = []
+    if waiting.unread:
+        notes.append(
+            f"{waiting.unread} waiting message(s) not read (past the first {WAITING_READ_LIMIT}): "
+            "ETA ones among them are not counted; `deploykit scan` reads them all"
+        )
+    ready = [(name, n) for name, n in waiting.unlisted.items() if n]
+    if ready:
+        where = ", ".join(f"{name} ({n})" for name, n in ready)
+        notes.append(
+            f"{sum(n for _, n in ready)} message(s) wait in {where} with no worker holding them; "
+            f"{kind} cannot show which carry an ETA without consuming them "
+            "(`deploykit scan --peek` samples them)"
+        )
+    return notes
+
+
 def collect_scheduled(
     broker: Broker,
     fleet_view: FleetView,
@@ -433,8 +536,10 @@ def collect_scheduled(
     within: float | None = None,
     unacked: Iterable[RawMessage] | None = None,
     delayed: DelayedStore | None = None,
+    queues: Sequence[QueueRow] = (),
 ) -> ScheduledView:
-    """ETA/countdown tasks held by workers, or orphaned in the broker, sorted by due time."""
+    """ETA/countdown tasks held by workers, orphaned in the broker, or still waiting in
+    ``queues`` (not taken by any worker yet), sorted by due time."""
     settings = broker.settings()
     if unacked is None:
         unacked = broker.unacked_messages()
@@ -473,7 +578,10 @@ def collect_scheduled(
                 hazards=tuple(hazards),
             )
         )
-    entries = list(orphans)
+    queued, waiting = _queued_eta(broker, queues, settings, now)
+    known = held_ids | {o.id for o in orphans if o.id}
+    # A message taken by a worker between the two reads is listed once, as held.
+    entries = [*orphans, *(e for e in queued if e.id is None or e.id not in known)]
     for task in fleet_view.held_tasks:
         if task.state != "scheduled":
             continue
@@ -503,7 +611,8 @@ def collect_scheduled(
             "(celery_delayed_*); RabbitMQ cannot list them without consuming them, so they are "
             "counted, not listed"
         )
-    return ScheduledView(tuple(entries), delayed, settings, tuple(notes))
+    notes.extend(_waiting_notes(broker.kind, waiting))
+    return ScheduledView(tuple(entries), delayed, settings, tuple(notes), waiting)
 
 
 # --------------------------------------------------------------------------------------------
@@ -517,6 +626,8 @@ def verdict(fleet_view: FleetView, queues: QueuesView, scheduled: ScheduledView)
     counts["scheduled"] = len(scheduled.entries) + (
         scheduled.delayed.messages or 0 if scheduled.delayed else 0
     )
+    # ETA messages still in a queue are counted as scheduled and, being there, as ready too.
+    counts["scheduled_in_queues"] = len(scheduled.entries) - scheduled.held
     unknown = []
     for queue in queues.queues:
         counts["ready"] += queue.ready or 0
@@ -526,6 +637,8 @@ def verdict(fleet_view: FleetView, queues: QueuesView, scheduled: ScheduledView)
     counts["workers"] = len(fleet_view.workers)
     busy = any(counts[k] for k in ("active", "reserved", "scheduled", "ready", "unacked"))
     parts = [f"{counts[k]} {k}" for k in ("active", "reserved", "scheduled", "ready", "unacked")]
+    if counts["scheduled_in_queues"]:
+        parts[2] += f" ({counts['scheduled_in_queues']} still in queues)"
     summary = ("busy" if busy else "idle") + f": {counts['workers']} worker(s), " + ", ".join(parts)
     if unknown:
         summary += " (unknown: " + ", ".join(unknown) + ")"
@@ -542,7 +655,7 @@ def collect_status(
     """Everything a person wants to see before a release, in one pass."""
     fleet_view = collect_fleet(fleet, broker, control_exchange)
     queues = collect_queues(broker, fleet_view, app_queues)
-    scheduled = collect_scheduled(broker, fleet_view, now, delayed=queues.delayed)
+    scheduled = collect_scheduled(broker, fleet_view, now, delayed=queues.delayed, queues=queues.queues)
     hazards = [h for e in scheduled.entries for h in e.hazards]
     if fleet_view.discovery.silent:
         hazards.append(

@@ -153,17 +153,23 @@ def scheduled(
     timeout: TimeoutOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Every ETA/countdown task, wherever it waits, sorted by due time, with its hazards."""
-    from deploykit.inspection import collect_fleet, collect_scheduled
+    """Every ETA/countdown task, wherever it waits (held by a worker, or still in a queue), sorted by
+    due time, with its hazards."""
+    from deploykit.inspection import app_queue_names, collect_fleet, collect_queues, collect_scheduled
 
     with handle_errors():
         window = parse_duration(within, what="--within") if within is not None else None
         flags = merged_flags(ctx, app_, broker, management_url, timeout)
         with open_session(flags) as session:
             fleet_view = collect_fleet(session.fleet, session.broker, session.control_exchange)
-            delayed = session.broker.queue_stats([]).delayed
+            queues_view = collect_queues(session.broker, fleet_view, app_queue_names(session.app))
             view = collect_scheduled(
-                session.broker, fleet_view, datetime.now(timezone.utc), window, delayed=delayed
+                session.broker,
+                fleet_view,
+                datetime.now(timezone.utc),
+                window,
+                delayed=queues_view.delayed,
+                queues=queues_view.queues,
             )
         if json_:
             emit_json(
@@ -173,6 +179,7 @@ def scheduled(
                     {
                         "scheduled": view.entries,
                         "delayed": view.delayed,
+                        "waiting_eta": view.waiting,
                         "broker_settings": view.settings,
                         "notes": view.notes,
                         "workers": [w.hostname for w in fleet_view.workers],
@@ -221,9 +228,10 @@ def status(
                         "discovery": view.fleet.discovery,
                         "queues": view.queues.queues,
                         "queue_source": view.queues.source,
-                        "notes": view.queues.notes,
+                        "notes": [*view.queues.notes, *view.scheduled.notes],
                         "delayed": view.queues.delayed,
                         "scheduled": view.scheduled.entries,
+                        "waiting_eta": view.scheduled.waiting,
                         "hazards": view.hazards,
                     },
                 )

@@ -7,6 +7,11 @@ from typing import Any
 from deploykit.inspection import FleetView, QueuesView, ScheduledView, StatusView
 from deploykit.output.humanize import count, duration
 
+#: Rows shown in a text table; the JSON document has every row.
+MAX_ROWS = 200
+#: The ``where`` column for entries no worker holds.
+_WHERE = {"broker-unacked": "broker (unacked, no live worker)", "queue": "queue (not taken yet)"}
+
 
 def console(stderr: bool = False) -> Any:
     """A rich console that honours NO_COLOR/FORCE_COLOR and is plain when not a TTY."""
@@ -110,8 +115,8 @@ def render_scheduled(view: ScheduledView, out: Any) -> None:
         table = _table(f"Scheduled (ETA/countdown) tasks: {len(view.entries)}")
         for column in ("eta (UTC)", "in", "task", "id", "where", "queue", "args"):
             table.add_column(column)
-        for e in view.entries:
-            where = e.worker if e.location == "worker" else "broker (unacked, no live worker)"
+        for e in view.entries[:MAX_ROWS]:
+            where = _WHERE.get(e.location, e.worker)
             args = ", ".join(x for x in (e.args, e.kwargs) if x and x not in {"()", "{}"}) or "-"
             table.add_row(
                 f"{e.eta:%Y-%m-%d %H:%M:%S}" if e.eta else "?",
@@ -123,13 +128,27 @@ def render_scheduled(view: ScheduledView, out: Any) -> None:
                 args,
             )
         out.print(table)
-        for e in view.entries:
-            for hazard in e.hazards:
-                out.print(f"[{hazard.code}] {e.name} {e.id}: {hazard.message}")
+        if len(view.entries) > MAX_ROWS:
+            out.print(f"… and {len(view.entries) - MAX_ROWS} more (see --json)")
+        _print_hazards(view, out)
+    elif view.waiting is None:
+        out.print("No scheduled (ETA/countdown) task: none held by workers, none waiting in the queues read.")
     else:
-        out.print("No scheduled (ETA/countdown) task held by workers.")
+        out.print("No scheduled (ETA/countdown) task held by workers or found in the queues read.")
     for note in view.notes:
         out.print(f"Note: {note}")
+
+
+def _print_hazards(view: ScheduledView, out: Any) -> None:
+    """One line per hazard code and task: a queue of 5000 alike ETA messages is one fact."""
+    groups: dict[tuple[str, str | None], list[Any]] = {}
+    for e in view.entries:
+        for hazard in e.hazards:
+            groups.setdefault((hazard.code, e.name), []).append((e, hazard))
+    for (code, name), items in groups.items():
+        entry, hazard = items[0]
+        more = f" (and {len(items) - 1} more like it)" if len(items) > 1 else ""
+        out.print(f"[{code}] {name} {entry.id}: {hazard.message}{more}")
 
 
 def render_status(view: StatusView, out: Any) -> None:
@@ -137,15 +156,20 @@ def render_status(view: StatusView, out: Any) -> None:
     out.print()
     render_queues(view.queues, out)
     out.print()
-    held = len(view.scheduled.entries)
+    held = view.scheduled.held
+    queued = len(view.scheduled.entries) - held
     delayed = view.scheduled.delayed.messages if view.scheduled.delayed else None
     line = f"Scheduled: {held} ETA task(s) held"
+    if queued:
+        line += f", {queued} waiting in queues (no worker has taken them yet)"
     if delayed:
         line += f", {delayed} in the broker's delayed queues"
     if view.scheduled.entries:
         first = view.scheduled.entries[0]
         line += f"; next due in {duration(first.seconds_left)} ({first.name})"
     out.print(line)
+    for note in view.scheduled.notes:
+        out.print(f"Note: {note}")
     if view.hazards:
         out.print()
         out.print(f"Hazards ({len(view.hazards)}):")

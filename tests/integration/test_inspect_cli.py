@@ -175,3 +175,34 @@ def test_bad_input_is_one_line_and_a_documented_exit_code(args, code, message):
 def test_no_broker_configured():
     result = deploykit("queues")
     assert result.returncode == 2 and "no broker configured" in result.stderr
+
+
+def test_eta_messages_no_worker_has_taken_are_counted_and_listed(redis_url):
+    """No worker runs: the ETA messages wait in the ready lists, which is what a deploy window is
+    about. ``scheduled`` lists them (read without consuming), ``status`` counts them."""
+    env = {"DEPLOYKIT_BROKER": redis_url, "DEPLOYKIT_APP": "tests.apps.basic", "NO_COLOR": "1"}
+    far = send(redis_url, "tests.apps.basic.add", (1, 2), countdown=7200)
+    soon = send(redis_url, "tests.apps.basic.send_email", ("a@b",), queue="emails", countdown=120)
+    send(redis_url, "tests.apps.basic.add", (3, 4))  # a plain message: not scheduled
+
+    doc = json.loads(deploykit("scheduled", "--json", env=env).stdout)
+    entries = {e["id"]: e for e in doc["scheduled"]}
+    assert set(entries) == {far, soon}
+    assert {e["location"] for e in entries.values()} == {"queue"}
+    assert entries[soon]["queue"] == "emails" and entries[far]["queue"] == "celery"
+    assert doc["waiting_eta"]["by_queue"] == {"celery": 1, "emails": 1}
+
+    text = deploykit("scheduled", env=env)
+    assert text.returncode == 0, text.stderr
+    assert "No scheduled" not in text.stdout
+    assert "queue (not taken yet)" in text.stdout and "tests.apps.basic.add" in text.stdout
+
+    status = deploykit("status", env=env)
+    assert (
+        "Scheduled: 0 ETA task(s) held, 2 waiting in queues (no worker has taken them yet)" in status.stdout
+    )
+    assert "2 scheduled (2 still in queues)" in status.stdout
+    status_doc = json.loads(deploykit("status", "--json", env=env).stdout)
+    assert status_doc["verdict"]["counts"]["scheduled"] == 2 and status_doc["verdict"]["busy"]
+    # read, never consumed
+    assert json.loads(deploykit("queues", "--json", env=env).stdout)["queues"][0]["ready"] == 2

@@ -70,3 +70,26 @@ def test_wrong_rabbitmq_credentials_exit_2_without_the_password(rabbitmq_vhost):
     assert result.returncode == 2, result.stderr
     assert "credentials" in result.stderr
     assert "not-the-password" not in result.stderr + result.stdout
+
+
+def test_waiting_eta_messages_on_rabbitmq_are_counted_not_listed(rabbitmq_url):
+    """No worker: RabbitMQ cannot show which waiting messages carry an ETA without consuming
+    them, so ``scheduled`` and ``status`` count the waiting messages and say so in one line."""
+    from celery import Celery
+
+    producer = Celery("producer", broker=rabbitmq_url, set_as_current=False)
+    for n in range(3):
+        producer.send_task("tests.apps.basic.add", args=[n, n], countdown=3600, queue="celery")
+
+    text = deploykit("scheduled", "-b", rabbitmq_url, "-A", "tests.apps.basic")
+    assert text.returncode == 0, text.stderr
+    notes = [line for line in text.stdout.splitlines() if line.startswith("Note:")]
+    assert any("3 message(s) wait in celery (3)" in n and "without consuming" in n for n in notes), (
+        text.stdout
+    )
+    doc = json.loads(deploykit("scheduled", "--json", "-b", rabbitmq_url, "-A", "tests.apps.basic").stdout)
+    assert doc["waiting_eta"]["unlisted"] == {"celery": 3}
+    status = deploykit("status", "-b", rabbitmq_url, "-A", "tests.apps.basic")
+    assert "3 message(s) wait in celery (3)" in status.stdout
+    # counted by passive declares: still there
+    assert json.loads(deploykit("queues", "--json", "-b", rabbitmq_url).stdout)["queues"][0]["ready"] == 3

@@ -241,3 +241,52 @@ def test_status_flags_queue_without_consumer_and_silent_mailbox():
     view = collect_status(broker, FakeFleet({"w1@h": worker_replies()}), NOW)
     codes = sorted(h.code for h in view.hazards)
     assert codes == ["NO_CONSUMER", "SILENT_MAILBOX"]
+
+
+class _ListingBroker(FakeBroker):
+    """A fake Redis whose ready lists can be read (``iter_messages``)."""
+
+    def __init__(self, waiting: dict[str, list[RawMessage]], **kwargs) -> None:
+        stats = [QueueStats(name, ready=len(items), unacked=0) for name, items in waiting.items()]
+        super().__init__(stats, known=list(waiting), **kwargs)
+        self.waiting = waiting
+
+    def iter_messages(self, queue: str, *, batch: int = 1000):
+        return iter(self.waiting.get(queue, []))
+
+
+def test_eta_messages_still_in_a_queue_are_scheduled_entries_once(monkeypatch):
+    import deploykit.inspection as inspection
+
+    later = NOW + timedelta(hours=2)
+    held = NOW + timedelta(minutes=5)
+    fleet = FakeFleet({"w1@h": worker_replies(scheduled=[(held, _request("held", "t.add"))])})
+    waiting = {
+        # "held" is also still listed (taken between the two reads): it stays one entry, held
+        "celery": [_unacked("q1", later, NOW), _unacked("plain", None, NOW), _unacked("held", held, NOW)],
+        "emails": [_unacked(f"e{i}", later, NOW, queue="emails") for i in range(4)],
+    }
+    broker = _ListingBroker(waiting, mailboxes=["w1@h"], settings=BrokerSettings(visibility_timeout=3600))
+    status = collect_status(broker, fleet, NOW)
+    view = status.scheduled
+    assert sorted(e.id for e in view.entries if e.location == "queue") == ["e0", "e1", "e2", "e3", "q1"]
+    assert [e.location for e in view.entries if e.id == "held"] == ["worker"]
+    assert view.waiting is not None and view.waiting.by_queue == {"celery": 2, "emails": 4}
+    assert view.held == 1
+    assert status.verdict.counts["scheduled"] == 6 and status.verdict.counts["scheduled_in_queues"] == 5
+    assert "6 scheduled (5 still in queues)" in status.verdict.summary
+    # a 2 h countdown taken now outlives the 1 h visibility timeout
+    assert all(
+        [h.code for h in e.hazards] == ["ETA_BEYOND_VISIBILITY_TIMEOUT"]
+        for e in view.entries
+        if e.location == "queue"
+    )
+
+    # past the read limit: counted as unread, said in one note
+    monkeypatch.setattr(inspection, "WAITING_READ_LIMIT", 4)
+    limited = collect_status(broker, fleet, NOW).scheduled
+    assert limited.waiting is not None and limited.waiting.unread == 3
+    assert [n for n in limited.notes if "not read" in n] == [
+        "3 waiting message(s) not read (past the first 4): ETA ones among them are not counted; "
+        "`deploykit scan` reads them all"
+    ]
