@@ -395,7 +395,8 @@ def shutdown(
     """Warm shutdown through remote control, then verify what the workers held is back in the broker.
 
     Running tasks finish; reserved, prefetched and ETA messages return to the broker (Redis: they
-    leave the 'unacked' hash; RabbitMQ: the unacked count falls back) and are counted. There is no
+    leave the 'unacked' hash; RabbitMQ: the queues' ready count rises at once, or the unacked statistics
+    fall back) and are counted. There is no
     cold shutdown or kill: those lose running tasks that are not acks_late.
 
     Exit codes: 0 done, 3 timed out (workers still answer, or messages not back yet), 69 no
@@ -436,7 +437,7 @@ def _render_shutdown(result: Any) -> None:
             + ("" if w.gone else " — STILL ANSWERING")
         )
     if result.returned is not None:
-        verified = "verified" if result.verified else "not verified"
+        verified = f"verified by the {result.verified_by}" if result.verified else "not verified"
         _say(f"  {result.returned}/{result.held} held message(s) back in the broker ({verified})")
     for note in result.notes:
         _say(f"note: {note}")

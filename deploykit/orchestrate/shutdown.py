@@ -8,9 +8,16 @@
 The ``shutdown`` control never replies (celery-internals §0.3): the worker raises
 ``WorkerShutdown`` before answering. We confirm by the worker no longer answering ``ping``, then
 check the broker: on Redis the reserved/prefetched/ETA messages it held leave the ``unacked`` hash
-(``restore_unacked_once`` at warm shutdown, §3.3); on RabbitMQ the queues' unacked count falls back
-(the channel closed, §5.2). Active tasks finish first (warm shutdown). No cold shutdown, no kill:
-remote control cannot do either, and a cold shutdown loses running ``acks_late=False`` tasks.
+(``restore_unacked_once`` at warm shutdown, §3.3). On RabbitMQ the broker requeues a channel's
+unacknowledged deliveries the moment the channel closes
+(https://www.rabbitmq.com/docs/confirms#automatic-requeueing), so the queues' ready count, read by
+an AMQP passive declare (``message_count`` is ready messages, exact at that instant), rises by what
+the worker held: that confirms the return at once. The management API's unacked statistics, which
+refresh only every ``collect_statistics_interval`` (5 s; ~10 s in practice for a worker that held
+only ETA messages), stay the second signal: they confirm the return when another worker took the
+requeued messages before we looked (the ready count then never rises). Either signal is enough.
+Active tasks finish first (warm shutdown). No cold shutdown, no kill: remote control cannot do
+either, and a cold shutdown loses running ``acks_late=False`` tasks.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from deploykit.brokers.base import Broker
+from deploykit.brokers.base import Broker, QueueReport
 from deploykit.brokers.records import RecordStore
 from deploykit.errors import DeploykitError, ExitCode
 from deploykit.fleet.base import Fleet
@@ -38,6 +45,11 @@ from deploykit.orchestrate.common import (
 
 #: Consecutive missed pings before a worker counts as gone.
 GONE_AFTER_MISSES = 2
+
+#: How the return of the held messages was confirmed (``ShutdownResult.verified_by``).
+BY_UNACKED_HASH = "unacked hash (Redis)"
+BY_READY_COUNT = "queue message count (AMQP)"
+BY_STATISTICS = "unacked statistics (management API)"
 
 
 class ShutdownState(str, enum.Enum):
@@ -94,6 +106,8 @@ class ShutdownResult:
     verified: bool | None
     elapsed: float
     notes: tuple[str, ...] = ()
+    #: Which broker signal confirmed the return (``BY_*`` above); ``None`` when unverified.
+    verified_by: str | None = None
 
 
 class ShutdownMachine:
@@ -123,11 +137,13 @@ class ShutdownMachine:
         self.held_ids: set[str] = set()
         self.baseline_ids: set[str] = set()
         self.baseline_unacked: int | None = None
+        self.baseline_ready: int | None = None
         self.misses: dict[str, int] = {}
         self.gone: dict[str, float] = {}
         self.returned: int | None = None
         self._mailbox_signal = False
         self.verified: bool | None = None
+        self.verified_by: str | None = None
         self.message = ""
         self.notes: list[str] = []
 
@@ -190,7 +206,9 @@ class ShutdownMachine:
         if self.broker.kind == "redis":
             self.baseline_ids = self._unacked_ids()
         elif self.queues:
-            self.baseline_unacked = self._unacked_count()
+            report = self.broker.queue_stats(self.queues)
+            self.baseline_unacked = _total(report, "unacked")
+            self.baseline_ready = _total(report, "ready")
         self.state = ShutdownState.SEND
 
     def _unacked_ids(self) -> set[str]:
@@ -200,13 +218,6 @@ class ShutdownMachine:
             if isinstance(task_id, str):
                 ids.add(task_id)
         return ids
-
-    def _unacked_count(self) -> int | None:
-        report = self.broker.queue_stats(self.queues)
-        counts = [q.unacked for q in report.queues]
-        if any(c is None for c in counts):
-            return None
-        return sum(c for c in counts if c is not None)
 
     def _send(self) -> None:
         self.fleet.control("shutdown", {}, self.selected, reply=False)
@@ -248,28 +259,50 @@ class ShutdownMachine:
             still = watched & self._unacked_ids()
             self.returned = len(watched) - len(still)
             outstanding = len(still)
+            confirmed_by = BY_UNACKED_HASH
             if len(watched) < held:
                 self.notes.append(
                     f"{held - len(watched)} held task(s) were not in 'unacked' when the shutdown was sent"
                 )
         else:
-            now = self._unacked_count() if self.queues else 0
-            if now is None or (self.baseline_unacked is None and held):
-                self.notes.append("the broker does not report unacked counts: the return is unverified")
+            counted = self._outstanding_by_counts(held)
+            if counted is None:
+                self.notes.append(
+                    "the broker reports neither ready nor unacked counts: the return is unverified"
+                )
                 self.verified = None
                 self._finish()
                 return
-            target = max((self.baseline_unacked or 0) - held, 0)
-            outstanding = max(now - target, 0)
+            outstanding, confirmed_by = counted
             self.returned = held - min(outstanding, held)
         self.progress(
             Progress("verify", outstanding, self.clock.elapsed, held, "held message(s) not yet back")
         )
         if outstanding == 0:
             self.verified = True
+            self.verified_by = confirmed_by
             self._finish()
             return
         self._timeout_or_sleep(f"{outstanding} held message(s) not yet back in the broker")
+
+    def _outstanding_by_counts(self, held: int) -> tuple[int, str] | None:
+        """Held messages not yet back, by the better of two counts (RabbitMQ and other brokers).
+
+        The ready count is exact at once: every requeued message is ready until a consumer takes
+        it. The unacked statistics lag, but also see messages another worker already took again.
+        """
+        if not self.queues:
+            return 0, BY_READY_COUNT
+        report = self.broker.queue_stats(self.queues)
+        candidates: list[tuple[int, str]] = []
+        ready = _total(report, "ready")
+        if ready is not None and self.baseline_ready is not None:
+            candidates.append((max(held - (ready - self.baseline_ready), 0), BY_READY_COUNT))
+        unacked = _total(report, "unacked")
+        if unacked is not None and (self.baseline_unacked is not None or not held):
+            target = max((self.baseline_unacked or 0) - held, 0)
+            candidates.append((max(unacked - target, 0), BY_STATISTICS))
+        return min(candidates, key=lambda c: c[0]) if candidates else None
 
     def _finish(self) -> None:
         if self.records is not None:
@@ -318,7 +351,15 @@ class ShutdownMachine:
             verified=self.verified,
             elapsed=round(self.clock.elapsed, 3),
             notes=tuple(self.notes),
+            verified_by=self.verified_by,
         )
+
+
+def _total(report: QueueReport, count: str) -> int | None:
+    """One count (``ready`` or ``unacked``) summed over the report's queues; ``None``: one is unknown."""
+    values: list[int | None] = [getattr(q, count) for q in report.queues if q.exists]
+    known = [v for v in values if v is not None]
+    return sum(known) if len(known) == len(values) else None
 
 
 def exact_patterns(nodes: Sequence[str]) -> tuple[str, ...]:

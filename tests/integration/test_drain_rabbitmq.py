@@ -67,3 +67,27 @@ def test_drain_resume_and_shutdown_on_rabbitmq(rabbitmq_url, rabbitmq_vhost, sta
     assert w1.wait(20) is not None
     assert succeeded(w1.log()) == 5  # the running one finished
     wait_for(lambda: _queue(rabbitmq_vhost, "celery").get("messages_ready") == 3, timeout=15)
+
+
+def test_shutdown_of_a_worker_holding_only_eta_messages_is_verified_without_waiting_for_statistics(
+    rabbitmq_url, rabbitmq_vhost, start_workers
+):
+    """The held messages are back as soon as the worker's channel closes: a passive declare sees
+    them at once, while the management API's unacked statistics refresh only every 5 s."""
+    (w1,) = start_workers(rabbitmq_url, [("w1@dk", ("celery",))])
+    for n in range(3):
+        send(rabbitmq_url, "tests.apps.basic.add", (n, n), countdown=900)
+    wait_for(lambda: w1.log().count("] received") == 3, timeout=10)
+    # Let the statistics catch up with the held messages, so a verification that reads them has
+    # to wait for their next refresh.
+    wait_for(lambda: _queue(rabbitmq_vhost, "celery").get("messages_unacknowledged") == 3, timeout=15)
+
+    proc = deploykit(rabbitmq_url, "shutdown", "--timeout", "40s", "--json")
+    doc = result_json(proc)
+    assert proc.returncode == 0, proc.stderr
+    assert doc["held"] == 3 and doc["returned"] == 3 and doc["verified"] is True, doc
+    gone_after = doc["workers"][0]["gone_after"]
+    # Verified within a moment of the worker going away, not a statistics interval later.
+    assert doc["elapsed"] - gone_after < 2.0, doc
+    assert doc["verified_by"] == "queue message count (AMQP)", doc
+    assert w1.wait(20) is not None

@@ -15,6 +15,7 @@ from deploykit.messages import StoredHeaders
 from deploykit.orchestrate.common import Progress
 from deploykit.orchestrate.shutdown import ShutdownMachine, ShutdownOptions
 from deploykit.output.progress import ProgressDisplay
+from tests.fakes import FakeBroker
 from tests.orchestrate.sim import FakeClock, SimFleet, SimWorker, broker
 
 A = ConsumerRecord("w1@h", "celery", {"name": "celery"}, "d1", 5.0)
@@ -129,3 +130,46 @@ def test_shutdown_drops_the_record_entries_of_workers_it_stopped():
     ).run()
     assert result.status == "done"
     assert records.load() == [B]  # w2 was not stopped: its entry stays for `resume`
+
+
+def _rabbit_after_shutdown(ready: int, unacked: int | None) -> tuple[ShutdownMachine, FakeBroker]:
+    """A RabbitMQ-like fake: before the shutdown 0 ready and 3 unacked (the worker holds 3)."""
+    from deploykit.brokers.base import QueueStats
+
+    clock = FakeClock()
+    held = [("r1", "reserved", None), ("e1", "scheduled", None), ("e2", "scheduled", None)]
+    fleet = SimFleet(clock, {"w1@h": SimWorker(["celery"], held)})
+    fake = broker(fleet, kind="rabbitmq", stats=[QueueStats("celery", ready=0, unacked=3, consumers=1)])
+    machine = ShutdownMachine(fleet, fake, ShutdownOptions(timeout=10), timing=clock.timing())
+    while machine.state.value != "verify":
+        machine.step()
+    fake.stats = {"celery": QueueStats("celery", ready=ready, unacked=unacked, consumers=0)}
+    return machine, fake
+
+
+@pytest.mark.parametrize(
+    ("ready", "unacked", "verified_by"),
+    [
+        # the channel closed: the broker requeued all 3 at once; the statistics still say 3 unacked
+        (3, 3, "queue message count (AMQP)"),
+        # the management API is down: the ready count alone is enough
+        (3, None, "queue message count (AMQP)"),
+        # another worker took them again at once: only the (refreshed) statistics can tell
+        (0, 0, "unacked statistics (management API)"),
+    ],
+)
+def test_shutdown_on_rabbitmq_is_verified_by_whichever_count_confirms_first(ready, unacked, verified_by):
+    machine, _ = _rabbit_after_shutdown(ready, unacked)
+    machine.step()
+    result = machine.result()
+    assert result.status == "done" and result.verified and result.returned == 3 == result.held
+    assert result.verified_by == verified_by
+
+
+def test_shutdown_on_rabbitmq_waits_while_neither_count_shows_the_messages_back():
+    machine, fake = _rabbit_after_shutdown(ready=1, unacked=3)
+    machine.step()
+    assert machine.state.value == "verify" and machine.returned == 1
+    fake.stats["celery"] = fake.stats["celery"].__class__("celery", ready=3, unacked=3)
+    machine.step()
+    assert machine.result().verified_by == "queue message count (AMQP)"
