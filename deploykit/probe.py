@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from deploykit.brokers.urls import Redactor
 from deploykit.errors import Unavailable, UsageError
 from deploykit.fleet.base import Fleet
 from deploykit.inspection import FleetView, QueueRow
@@ -174,16 +175,17 @@ class CeleryProbe:
 
     # -- connections ------------------------------------------------------------------------
     def open(self) -> None:
-        try:
-            self._connection = self._app.connection_for_write()
-            self._connection.ensure_connection(max_retries=1)
-            if self._method == "events":
-                self._start_event_consumer()
-        except Exception as exc:
-            from deploykit.fleet.control import _translate
+        from deploykit.fleet.control import broker_errors
 
+        self._connection = self._app.connection_for_write()
+        try:
+            with broker_errors(self._display_url, self._connection):
+                self._connection.ensure_connection(max_retries=1)
+                if self._method == "events":
+                    self._start_event_consumer()
+        except BaseException:
             self.close()
-            raise _translate(exc, self._display_url) from None
+            raise
 
     def _start_event_consumer(self) -> None:
         from celery.events.receiver import EventReceiver
@@ -250,13 +252,16 @@ class CeleryProbe:
         if self._events_connection is None:
             time.sleep(timeout)
             return
-        try:
-            self._events_connection.drain_events(timeout=max(timeout, 0.001))
-        except TimeoutError:
-            pass
-        except OSError as exc:  # socket.timeout is an OSError subclass on 3.10+
-            if "timed out" not in str(exc):
-                raise
+        from deploykit.fleet.control import broker_errors
+
+        with broker_errors(self._display_url, self._events_connection):
+            try:
+                self._events_connection.drain_events(timeout=max(timeout, 0.001))
+            except TimeoutError:
+                pass
+            except OSError as exc:  # socket.timeout is an OSError subclass on 3.10+
+                if "timed out" not in str(exc):
+                    raise
 
     # -- probes -----------------------------------------------------------------------------
     def send(self, queue: str, task_id: str, expires_in: float) -> float:
@@ -274,7 +279,9 @@ class CeleryProbe:
             kwargsrepr="{}",
         )
         headers, properties, body, _sent_event = message
-        try:
+        from deploykit.fleet.control import broker_errors
+
+        with broker_errors(self._display_url, self._connection):
             producer = self._connection.Producer(serializer=serializer)
             producer.publish(
                 body,
@@ -287,10 +294,6 @@ class CeleryProbe:
                 declare=None,
                 **properties,
             )
-        except Exception as exc:
-            from deploykit.fleet.control import _translate
-
-            raise _translate(exc, self._display_url) from None
         return self._clock()
 
     def poll(self, pending: Sequence[str], wait: float) -> None:
@@ -303,7 +306,10 @@ class CeleryProbe:
             try:
                 meta = backend.get_task_meta(task_id, cache=False)
             except Exception as exc:
-                raise Unavailable(f"result backend unreachable: {type(exc).__name__}: {exc}") from None
+                if not backend_unreachable(exc, backend):
+                    raise  # a deploykit bug: exit 70 with the traceback
+                reason = Redactor()(str(exc)) or type(exc).__name__
+                raise Unavailable(f"result backend unreachable: {type(exc).__name__}: {reason}") from None
             state = meta.get("status")
             if state in {"SUCCESS", "FAILURE", "REVOKED"}:
                 entry = self.seen.setdefault(task_id, {})
@@ -323,6 +329,23 @@ class CeleryProbe:
                 self._app.backend.forget(task_id)
             except Exception:
                 pass
+
+
+def backend_unreachable(exc: BaseException, backend: Any) -> bool:
+    """Whether ``exc`` means the result backend's server cannot be reached.
+
+    Socket errors, kombu's ``OperationalError``, the backend's own ``connection_errors`` where it
+    lists them (Celery's Redis backend: redis-py's), and a database driver's ``OperationalError``
+    or ``InterfaceError`` (the DB-API names for a lost or refused connection,
+    https://peps.python.org/pep-0249/#exceptions). Anything else is a deploykit bug.
+    """
+    from kombu.exceptions import OperationalError
+
+    listed = getattr(backend, "connection_errors", ())
+    known = tuple(e for e in listed if isinstance(e, type) and e.__module__ != "builtins")
+    if isinstance(exc, (OSError, OperationalError, *known)):
+        return True
+    return any(cls.__name__ in {"OperationalError", "InterfaceError"} for cls in type(exc).__mro__)
 
 
 def _set_events(fleet: Fleet, nodes: Sequence[str], command: str) -> dict[str, Any]:

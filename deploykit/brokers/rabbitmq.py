@@ -148,6 +148,15 @@ class _ManagementDown(Exception):
         self.problem = problem
 
 
+def _library_errors() -> tuple[type[BaseException], ...]:
+    """What py-amqp and the socket raise when the server cannot be reached or refuses us (kombu's
+    pyamqp ``Transport.connection_errors`` and ``channel_errors``). Anything else is a bug."""
+    from amqp.exceptions import AMQPError
+    from kombu.exceptions import OperationalError
+
+    return (AMQPError, OSError, OperationalError)
+
+
 def _bounded(value: float, low: float, high: float) -> float:
     return max(low, min(high, value))
 
@@ -325,9 +334,12 @@ class RabbitMQBroker(Broker):
                 interval_max=0,
                 reraise_as_library_errors=False,
             )
-        except Exception as exc:
+        except _library_errors() as exc:
             _release(connection)
             raise self._translate(exc) from None
+        except BaseException:
+            _release(connection)
+            raise
         self._connection = connection
         self._probe = QueueProbe(connection)
         return self._probe
@@ -340,13 +352,13 @@ class RabbitMQBroker(Broker):
             try:
                 probe = self._open_probe()
                 return {name: probe.declare(name) for name in dict.fromkeys(names)}
-            except DeploykitError:
-                self._close_amqp()
-                raise
-            except Exception as exc:
+            except _library_errors() as exc:
                 self._close_amqp()
                 if not (reused and attempt == 0):
                     raise self._translate(exc) from None
+            except BaseException:  # a deploykit error, or a bug (exit 70): never "unreachable"
+                self._close_amqp()
+                raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _translate(self, exc: BaseException) -> DeploykitError:

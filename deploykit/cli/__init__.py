@@ -6,10 +6,13 @@ Heavy imports (celery, kombu, redis, httpx, rich tables) happen inside the comma
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from deploykit import __version__
-from deploykit.cli.common import AppOpt, BrokerOpt, ManagementOpt, State, TimeoutOpt
+from deploykit.cli.common import AppOpt, BrokerOpt, ManagementOpt, State, TimeoutOpt, start_redacting
 from deploykit.config import CliFlags
 
 app = typer.Typer(
@@ -17,7 +20,7 @@ app = typer.Typer(
     help="Make Celery deploys safe: see what is in flight, catch breaking task-signature changes, "
     "drain and restart workers without losing tasks.\n\n"
     "Exit codes: 0 ok, 1 unsafe, 2 usage/configuration error, 3 timed out, 4 refused, "
-    "69 unavailable, 130 interrupted.",
+    "5 incomplete, 69 unavailable, 70 internal error (a bug: please report it), 130 interrupted.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
@@ -43,6 +46,14 @@ def root(
     ),
 ) -> None:
     """Options given here apply to every command (the command's own options win)."""
+    env = os.environ
+    start_redacting(
+        broker,
+        management_url,
+        env.get("DEPLOYKIT_BROKER"),
+        env.get("DEPLOYKIT_MANAGEMENT_URL"),
+        env.get("CELERY_BROKER_URL"),
+    )
     ctx.obj = State(CliFlags(app=app_, broker=broker, management_url=management_url, timeout=timeout))
 
 
@@ -57,5 +68,10 @@ from deploykit.cli import health as _health  # noqa: E402,F401
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. An exception no command handled is a deploykit bug (exit 70)."""
+    try:
+        app()
+    except Exception as exc:
+        from deploykit.cli.common import report_internal_error
+
+        sys.exit(report_internal_error(exc))

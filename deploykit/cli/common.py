@@ -2,7 +2,8 @@
 
 Commands are thin: parse options, resolve :class:`~deploykit.config.Settings`, call one core
 function, render, exit. A :class:`~deploykit.errors.DeploykitError` becomes one line on stderr
-and its exit code; anything else is a bug and shows a traceback (without locals).
+and its exit code; anything else is a bug: a short message, the traceback (without locals,
+passwords scrubbed), an invitation to report it, exit 70.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
+import click
 import typer
 
 from deploykit.config import CliFlags, Redactor, Settings, resolve_settings
@@ -77,6 +79,7 @@ def merged_flags(
 ) -> CliFlags:
     """Command-level options win over the same options given before the command name."""
     base = ctx.obj.flags if isinstance(ctx.obj, State) else CliFlags()
+    remember_secrets(broker, management_url)
     return replace(
         base,
         app=app if app is not None else base.app,
@@ -93,13 +96,29 @@ def resolve(flags: CliFlags, *, need_app: bool = False) -> tuple[Settings, Any]:
     return resolve_settings(flags, load_app=load_app, need_app=need_app)
 
 
+#: Where a deploykit bug (exit 70) is reported.
+ISSUES_URL = "https://github.com/deploykit/deploykit/issues"
+
 _redactor = Redactor()
 
 
-def use_redactor(settings: Settings) -> Redactor:
-    """Make every error message from now on scrub this configuration's secrets."""
+def start_redacting(*urls: str | None) -> None:
+    """A new command line: forget the previous one's secrets (tests run many in one process) and
+    scrub the passwords of ``urls`` from everything shown from now on."""
     global _redactor
-    _redactor = settings.redactor()
+    _redactor = Redactor()
+    remember_secrets(*urls)
+
+
+def remember_secrets(*urls: str | None) -> None:
+    """Also scrub the passwords of ``urls`` from everything shown from now on."""
+    for url in urls:
+        _redactor.add_url(url)
+
+
+def use_redactor(settings: Settings) -> Redactor:
+    """Make every message from now on scrub this configuration's secrets too."""
+    remember_secrets(settings.broker_url, settings.management_url)
     return _redactor
 
 
@@ -112,9 +131,27 @@ def warn(message: str) -> None:
     typer.echo(f"deploykit: warning: {_redactor(message)}", err=True)
 
 
+def report_internal_error(exc: BaseException) -> int:
+    """A deploykit bug: a short message, the traceback (no locals, passwords scrubbed) and where
+    to report it, on stderr. Returns the exit code, 70."""
+    import traceback
+
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    summary = _redactor(f"{type(exc).__name__}: {exc}").splitlines()[0]
+    typer.echo(f"deploykit: internal error: {summary}", err=True)
+    typer.echo(_redactor(text).rstrip(), err=True)
+    typer.echo(
+        "deploykit: this is a bug in deploykit, not a problem with your setup; please report it "
+        f"with the traceback above at {ISSUES_URL}",
+        err=True,
+    )
+    return int(ExitCode.INTERNAL)
+
+
 @contextlib.contextmanager
 def handle_errors() -> Iterator[None]:
-    """Turn deploykit errors and Ctrl-C into a one-line message and the documented exit code."""
+    """Turn deploykit errors and Ctrl-C into a one-line message and the documented exit code;
+    anything else is a bug (:func:`report_internal_error`, exit 70)."""
     try:
         yield
     except DeploykitError as exc:
@@ -123,6 +160,10 @@ def handle_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         error("interrupted")
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        raise  # typer's own exits and usage errors
+    except Exception as exc:
+        raise typer.Exit(report_internal_error(exc)) from None
 
 
 def emit_json(document: Any) -> None:

@@ -10,10 +10,11 @@ shared reply queue in one wait — one round trip instead of one per command.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from deploykit.errors import Unavailable, UsageError
+from deploykit.errors import DeploykitError, Unavailable, UsageError
 from deploykit.fleet.base import Fleet, Replies
 
 #: Replies are decoded with these serializers only: never pickle, whatever the app accepts.
@@ -41,11 +42,9 @@ class CeleryFleet(Fleet):
     # -- connection -------------------------------------------------------------------------
     def _open(self) -> Any:
         if self._mailbox is None:
-            try:
-                connection = self._app.connection_for_write()
+            connection = self._app.connection_for_write()
+            with broker_errors(self._display_url, connection):
                 connection.ensure_connection(max_retries=1, timeout=max(self._timeout, 2.0))
-            except Exception as exc:
-                raise _translate(exc, self._display_url) from None
             self._connection = connection
             self._mailbox = self._app.control.mailbox(connection)
         return self._mailbox
@@ -83,7 +82,7 @@ class CeleryFleet(Fleet):
             return {}
         if not reply:
             mailbox = self._open()
-            try:
+            with broker_errors(self._display_url, self._connection):
                 mailbox._publish(
                     command,
                     dict(arguments),
@@ -92,8 +91,6 @@ class CeleryFleet(Fleet):
                     timeout=self._timeout,
                     serializer="json",
                 )
-            except Exception as exc:
-                raise _translate(exc, self._display_url) from None
             return {}
         return self._request({command: arguments}, destination).by_command.get(command, {})
 
@@ -107,7 +104,7 @@ class CeleryFleet(Fleet):
         channel = self._connection.default_channel
         start = self._clock()
         tickets: dict[str, str] = {}
-        try:
+        with broker_errors(self._display_url, self._connection):
             for command, arguments in commands.items():
                 ticket = uuid()
                 tickets[ticket] = command
@@ -122,8 +119,6 @@ class CeleryFleet(Fleet):
                     timeout=self._timeout,
                     serializer="json",
                 )
-        except Exception as exc:
-            raise _translate(exc, self._display_url) from None
 
         by_command: dict[str, dict[str, Any]] = {command: {} for command in commands}
         expected = len(destination) * len(commands) if destination is not None else None
@@ -146,7 +141,7 @@ class CeleryFleet(Fleet):
         consumer.register_callback(on_message)
         deadline = start + self._timeout
         try:
-            with consumer:
+            with broker_errors(self._display_url, self._connection), consumer:
                 while expected is None or received < expected:
                     remaining = deadline - self._clock()
                     if remaining <= 0:
@@ -155,8 +150,6 @@ class CeleryFleet(Fleet):
                         self._connection.drain_events(timeout=remaining)
                     except TimeoutError:
                         break
-        except Exception as exc:
-            raise _translate(exc, self._display_url) from None
         finally:
             try:
                 # On virtual transports (Redis) this deletes the reply queue (kombu virtual/base.py).
@@ -169,9 +162,41 @@ class CeleryFleet(Fleet):
         return Replies(by_command, missing=missing, elapsed=self._clock() - start)
 
 
-def _translate(exc: BaseException, display_url: str) -> Exception:
-    """Map kombu/redis/amqp connection errors to deploykit errors (no secrets in messages)."""
-    from deploykit.config import Redactor
+def library_errors(connection: Any = None) -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "the broker cannot be reached or refused us", for ``connection``.
+
+    Socket-level errors (``OSError``: refused, reset, timed out, TLS, a missing filesystem-transport
+    folder), kombu's ``OperationalError`` (what ``ensure_connection`` raises), and the transport's
+    own ``connection_errors``/``channel_errors`` (kombu ``Transport``: redis-py's, py-amqp's), minus
+    the builtins kombu lists there (the Redis transport lists ``KeyError``): a ``KeyError`` is a bug.
+    """
+    from kombu.exceptions import ChannelError, ConnectionError, OperationalError
+
+    found: list[type[BaseException]] = [OSError, OperationalError, ConnectionError, ChannelError]
+    if connection is not None:
+        try:
+            listed = (*connection.connection_errors, *connection.channel_errors)
+        except Exception:  # the transport cannot even be loaded: no list to add
+            listed = ()
+        found.extend(e for e in listed if isinstance(e, type) and e.__module__ != "builtins")
+    return tuple(dict.fromkeys(found))
+
+
+@contextmanager
+def broker_errors(display_url: str, connection: Any = None) -> Iterator[None]:
+    """Translate the broker library's connection and channel errors into deploykit's (exit 2 or
+    69, no password in the message). Anything else is a deploykit bug and propagates (exit 70)."""
+    try:
+        yield
+    except DeploykitError:
+        raise
+    except library_errors(connection) as exc:
+        raise translate_broker_error(exc, display_url) from None
+
+
+def translate_broker_error(exc: BaseException, display_url: str) -> DeploykitError:
+    """One library connection/channel error as a deploykit error (no secrets in the message)."""
+    from deploykit.brokers.urls import Redactor
 
     if isinstance(exc, FileNotFoundError):
         # kombu's filesystem transport: a data folder that does not exist is a configuration error.
