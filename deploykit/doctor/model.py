@@ -26,10 +26,6 @@ class Level(str, Enum):
         return {"error": 3, "warning": 2, "info": 1}[self.value]
 
 
-#: Where the README explains every finding (section "deploykit doctor", one anchor per ID).
-DOCS_BASE = "README.md#dk-"
-
-
 @dataclass(frozen=True)
 class Finding:
     """One risky setting: what it is, why it loses or duplicates tasks, and the fix."""
@@ -47,7 +43,10 @@ class Finding:
 
     @property
     def docs(self) -> str:
-        return DOCS_BASE + self.id
+        """The finding's page in the documentation (an absolute URL, see :mod:`deploykit.docs`)."""
+        from deploykit.docs import rule_url
+
+        return rule_url(self.id)
 
 
 @dataclass(frozen=True)

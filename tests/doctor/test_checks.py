@@ -367,7 +367,7 @@ def test_check_table(audit_: Audit, expected: set[str], info: set[str]) -> None:
     found = run_checks(audit_)
     assert _ids(found, info=info) == expected | info
     for finding in found:
-        assert finding.docs == f"README.md#dk-{finding.id}"
+        assert finding.docs == f"https://deploykit.readthedocs.io/en/stable/rules/{finding.id}/"
         assert finding.why and finding.fix and finding.title
 
 

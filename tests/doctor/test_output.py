@@ -41,7 +41,7 @@ def test_json_document_shape() -> None:
         "title": "title 0: 50% lost, a,b",
         "why": "why",
         "fix": "fix\nnow",
-        "docs": "README.md#dk-acks-late-without-reject",
+        "docs": "https://deploykit.readthedocs.io/en/stable/rules/acks-late-without-reject/",
         "where": ["app"],
         "file": None,
         "line": None,

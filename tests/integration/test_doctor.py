@@ -62,7 +62,10 @@ def test_risky_config_is_flagged_with_exit_1(redis_url: str, start_workers: Any,
     # What a user must hear: killed workers lose acks_late tasks; the ETA will run twice.
     assert found["acks-late-without-reject"]["level"] == "error"
     assert found["acks-late-without-reject"]["where"] == ["app", "worker risky@dk"]
-    assert found["acks-late-without-reject"]["docs"] == "README.md#dk-acks-late-without-reject"
+    assert (
+        found["acks-late-without-reject"]["docs"]
+        == "https://deploykit.readthedocs.io/en/stable/rules/acks-late-without-reject/"
+    )
     vt = found["visibility-timeout-below-eta"]
     assert vt["level"] == "error" and "worker risky@dk" in vt["where"] and "risky@dk" in vt["why"]
     assert found["process-group-signal"]["file"] == str(conf) and found["process-group-signal"]["line"] == 1
@@ -75,7 +78,7 @@ def test_risky_config_is_flagged_with_exit_1(redis_url: str, start_workers: Any,
     text = deploykit("doctor", "-A", APP, "--format", "text", env=fixed_code)
     assert text.returncode == 1
     assert "setting-drift" in text.stdout and "task_reject_on_worker_lost differs" in text.stdout
-    assert "README.md#dk-acks-late-without-reject" in text.stdout
+    assert "https://deploykit.readthedocs.io/en/stable/rules/acks-late-without-reject/" in text.stdout
 
     # Without -A the workers' own settings are audited; --fail-on never always exits 0.
     bare = deploykit("doctor", "-b", redis_url, "--json", "--fail-on", "never", env={})
