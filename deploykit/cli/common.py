@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
-import click
 import typer
 
 from deploykit.config import CliFlags, Redactor, Settings, resolve_settings
@@ -96,6 +95,14 @@ def resolve(flags: CliFlags, *, need_app: bool = False) -> tuple[Settings, Any]:
     return resolve_settings(flags, load_app=load_app, need_app=need_app)
 
 
+#: typer's control flow (``typer.Exit``, ``typer.Abort``, click's usage errors), never a bug. Newer
+#: typer vendors click, so click's ``ClickException`` is found through ``typer.BadParameter``.
+_TYPER_EXITS: tuple[type[BaseException], ...] = (
+    typer.Exit,
+    typer.Abort,
+    next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"),
+)
+
 #: Where a deploykit bug (exit 70) is reported.
 ISSUES_URL = "https://github.com/deploykit/deploykit/issues"
 
@@ -160,7 +167,7 @@ def handle_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         error("interrupted")
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
-    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+    except _TYPER_EXITS:
         raise  # typer's own exits and usage errors
     except Exception as exc:
         raise typer.Exit(report_internal_error(exc)) from None

@@ -23,6 +23,7 @@ from deploykit.cli.common import (
     merged_flags,
     resolve,
     use_redactor,
+    warn,
 )
 from deploykit.config import parse_duration
 from deploykit.errors import ExitCode, Unavailable, UsageError
@@ -111,7 +112,12 @@ def doctor(
     timeout: TimeoutOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Find the settings that lose or duplicate tasks: app, live workers, broker, process managers."""
+    """Find the settings that lose or duplicate tasks: app, live workers, broker, process managers.
+
+    When the broker cannot be reached, the live part (workers, queues, policies) is skipped with
+    one warning saying why, and the app and the files are still audited; the exit code follows
+    the findings. --offline skips the live part on purpose.
+    """
     from deploykit.doctor.checks import fails, run_checks
     from deploykit.doctor.gather import gather_audit, queue_defs_from_app, source_from_app
     from deploykit.doctor.process_managers import read_process_managers
@@ -145,24 +151,45 @@ def doctor(
             from deploykit.brokers import open_broker
             from deploykit.fleet import control_exchange, open_fleet
 
-            with open_broker(settings) as opened_broker:
-                fleet = open_fleet(settings, user_app)
-                try:
-                    audit = gather_audit(
-                        app_source=app_source,
-                        app_queue_defs=app_defs,
-                        broker=opened_broker,
-                        fleet=fleet,
-                        broker_url=settings.broker_url,
-                        management_url=settings.management_url,
-                        now=now,
-                        process_managers=managers,
-                        notes=pm_notes,
-                        control_exchange=control_exchange(user_app),
-                        timeout=settings.timeout,
-                    )
-                finally:
-                    fleet.close()
+            try:
+                with open_broker(settings) as opened_broker:
+                    fleet = open_fleet(settings, user_app)
+                    try:
+                        audit = gather_audit(
+                            app_source=app_source,
+                            app_queue_defs=app_defs,
+                            broker=opened_broker,
+                            fleet=fleet,
+                            broker_url=settings.broker_url,
+                            management_url=settings.management_url,
+                            now=now,
+                            process_managers=managers,
+                            notes=pm_notes,
+                            control_exchange=control_exchange(user_app),
+                            timeout=settings.timeout,
+                        )
+                    finally:
+                        fleet.close()
+            except Unavailable as unreachable:
+                if app_source is None and not managers:
+                    raise  # nothing else to audit: the broker was the whole point
+                # Audit what needs no broker (the app's code and settings, the process-manager
+                # files) and say, in one line, what was skipped and why.
+                reason = unreachable.message.rstrip(".")
+                skipped = f"live part skipped: {reason}; audited the app and the files only"
+                warn(skipped)
+                audit = gather_audit(
+                    app_source=app_source,
+                    app_queue_defs=app_defs,
+                    broker=None,
+                    fleet=None,
+                    broker_url=settings.broker_url,
+                    management_url=None,
+                    now=now,
+                    process_managers=managers,
+                    notes=pm_notes,
+                    offline_reason=skipped,
+                )
             if not audit.sources and not managers:
                 raise Unavailable("no worker answered and no app was named with -A: nothing to audit")
         findings = run_checks(audit)

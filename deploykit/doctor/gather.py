@@ -221,8 +221,10 @@ def gather_audit(
     notes: Sequence[str] = (),
     control_exchange: str = "celery",
     timeout: float = 5.0,
+    offline_reason: str = "offline: the broker and the workers were not asked",
 ) -> Audit:
-    """Ask the broker and the workers; without them (offline) audit the app and the files only."""
+    """Ask the broker and the workers; without them (offline) audit the app and the files only,
+    saying why in one note (``offline_reason``)."""
     from deploykit.inspection import collect_queues, collect_scheduled, discover
 
     kind = broker_kind(broker_url)
@@ -233,7 +235,7 @@ def gather_audit(
             app=app_source,
             queue_defs=tuple(app_queue_defs),
             process_managers=tuple(process_managers),
-            notes=(*all_notes, "offline: the broker and the workers were not asked"),
+            notes=(*all_notes, offline_reason),
             online=False,
         )
     from deploykit.inspection import FleetView, build_worker

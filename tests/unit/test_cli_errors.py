@@ -215,3 +215,43 @@ def test_probe_tells_an_unreachable_result_backend_from_a_bug():
     assert backend_unreachable(OperationalErrorFromADriver("server closed the connection"), Backend())
     assert not backend_unreachable(KeyError("status"), Backend())
     assert not backend_unreachable(TypeError("bug"), Backend())
+
+
+# -- doctor with an unreachable broker ----------------------------------------------------------
+def test_doctor_with_an_unreachable_broker_audits_the_app_says_what_it_skipped_and_exits_by_findings():
+    import json
+
+    from deploykit.demo.processes import free_port
+    from tests.cli import run_deploykit
+
+    url = f"redis://:{SECRET}@127.0.0.1:{free_port()}/0"
+    args = ("doctor", "-A", "tests.apps.basic", "-b", url, "--json")
+    live = run_deploykit(*args, "--fail-on", "warning")
+    offline = run_deploykit(*args, "--fail-on", "warning", "--offline")
+    # The app sets no time limit: a warning, so exit 1 by the findings, exactly as --offline.
+    assert live.returncode == offline.returncode == 1, live.stderr
+    (line,) = live.stderr.splitlines()
+    assert line.startswith(
+        "deploykit: warning: live part skipped: cannot reach the Redis broker at redis://:***@"
+    )
+    assert line.endswith("audited the app and the files only")
+    doc, offline_doc = json.loads(live.stdout), json.loads(offline.stdout)
+    assert [f["id"] for f in doc["findings"]] == [f["id"] for f in offline_doc["findings"]]
+    assert "no-time-limit" in {f["id"] for f in doc["findings"]}
+    assert any(note.startswith("live part skipped: ") for note in doc["notes"])
+    assert SECRET not in live.stdout + live.stderr
+    assert "Traceback" not in live.stderr
+
+    nothing_else = run_deploykit("doctor", "-b", url)
+    assert nothing_else.returncode == ExitCode.UNAVAILABLE
+    assert "cannot reach the Redis broker" in nothing_else.stderr and SECRET not in nothing_else.stderr
+
+
+def test_typer_exits_and_usage_errors_pass_through_the_handler_untouched():
+    import typer
+
+    from deploykit.cli.common import handle_errors
+
+    for raised in (typer.Exit(3), typer.Abort(), typer.BadParameter("bad")):
+        with pytest.raises(type(raised)), handle_errors():
+            raise raised
