@@ -92,7 +92,9 @@ class Task:
     parameters: tuple[Parameter, ...] = ()
     module: str | None = None
     qualname: str | None = None
-    #: Source file relative to the project root (POSIX separators), ``None`` outside it.
+    #: Source file relative to the project root (POSIX separators); for installed code, relative to
+    #: its import root (``proj/billing/tasks.py``) unless the checkout holds the same file
+    #: (:mod:`deploykit.manifest.locations`); ``None`` for code with no file.
     file: str | None = None
     line: int | None = None
     #: ``bind=True`` (or a class-based task): the worker passes the task itself as ``self``.
