@@ -37,8 +37,6 @@ MASK = "***"
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*$", re.I)
 #: A URL's user information inside free text (error messages of libraries): up to the next ``@``.
 _TEXT_USERINFO = re.compile(r"(?P<head>[a-z][a-z0-9+.\-]*://[^:/@;\s]*:)(?P<pw>[^@;\s/]*)(?=@)", re.I)
-#: Already masked user information, left alone when known secrets are scrubbed from text.
-_MASKED_USERINFO = re.compile(r"[a-z][a-z0-9+.\-]*://[^:/@;\s]*:" + re.escape(MASK) + "@", re.I)
 
 
 # -- masking ----------------------------------------------------------------------------------
@@ -82,13 +80,15 @@ def url_passwords(url: str | None) -> list[str]:
 class Redactor:
     """Scrubs passwords from any text before it is shown (errors, logs, JSON, tracebacks).
 
-    URLs in the text are masked like :func:`mask_url`; the passwords of the URLs it was given are
-    then replaced wherever else they appear (percent-decoded in a library's message, say), but
-    not inside an already masked ``user:***@``: the user name stays readable.
+    The URLs it was given, and any other URL in the text, are masked like :func:`mask_url`; the
+    passwords of the URLs it was given are then replaced wherever else they appear
+    (percent-decoded in a library's message, say). Everywhere: a password that is also the user
+    name (``guest:guest``) shows as ``***:***@`` rather than being given away as the user name.
     """
 
     def __init__(self, secrets: list[str] | None = None) -> None:
         self._secrets: list[str] = []
+        self._urls: dict[str, str] = {}  # a URL given, as written -> masked
         self._add(secrets or [])
 
     def _add(self, secrets: list[str]) -> None:
@@ -96,21 +96,15 @@ class Redactor:
 
     def add_url(self, url: str | None) -> None:
         self._add(url_passwords(url))
+        for part in split_failover(url or ""):
+            masked = mask_url(part) or part
+            if masked != part:
+                self._urls[part] = masked
 
     def __call__(self, text: str) -> str:
+        for raw in sorted(self._urls, key=len, reverse=True):
+            text = text.replace(raw, self._urls[raw])
         text = _TEXT_USERINFO.sub(lambda m: m.group("head") + MASK if m.group("pw") else m.group(0), text)
-        if not self._secrets:
-            return text
-        pieces: list[str] = []
-        last = 0
-        for kept in _MASKED_USERINFO.finditer(text):
-            pieces.append(self._scrub(text[last : kept.start()]))
-            pieces.append(kept.group(0))
-            last = kept.end()
-        pieces.append(self._scrub(text[last:]))
-        return "".join(pieces)
-
-    def _scrub(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, MASK)
         return text
