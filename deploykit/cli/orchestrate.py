@@ -151,6 +151,13 @@ def _say(line: str) -> None:
     typer.echo(_redactor(line))
 
 
+def _headline(result: Any) -> None:
+    """``status: message`` on stdout, unless the command failed: :func:`_report` then says it once,
+    as the error line on stderr."""
+    if not result.exit_code:
+        _say(f"{result.status}: {result.message}")
+
+
 def _run_machine(build: Callable[[], Any], display: Any, records: Any | None) -> Any:
     """Build a machine and run it under :func:`interruptible`; return its result.
 
@@ -184,7 +191,7 @@ def _report(
     if result.exit_code:
         from deploykit.cli.common import error
 
-        error(result.message)
+        error(f"{result.status}: {result.message}")
         raise typer.Exit(int(result.exit_code))
 
 
@@ -312,7 +319,7 @@ def _incompatible_counter(session: Any, manifest: str) -> Any:
 
 
 def _render_drain(result: Any) -> None:
-    _say(f"{result.status}: {result.message}")
+    _headline(result)
     if result.cancelled:
         _say("cancelled consumers: " + ", ".join(f"{c.queue} on {c.worker}" for c in result.cancelled))
     if result.rolled_back:
@@ -373,7 +380,7 @@ def resume(
 
 
 def _render_resume(result: Any) -> None:
-    _say(f"{result.status}: {result.message}")
+    _headline(result)
     for ref in result.restored:
         _say(f"  re-added {ref.queue} on {ref.worker}")
     for ref in result.not_restored:
@@ -429,7 +436,7 @@ def shutdown(
 
 
 def _render_shutdown(result: Any) -> None:
-    _say(f"{result.status}: {result.message}")
+    _headline(result)
     for w in result.workers:
         _say(
             f"  {w.worker} (pid {w.pid}): {w.active} running finished, "
@@ -567,7 +574,7 @@ def restart(
 
 
 def _render_restart(result: Any) -> None:
-    _say(f"{result.status}: {result.message}")
+    _headline(result)
     for b in result.batches:
         _say(f"  batch {b.index + 1}: {b.status}" + (f" — {b.error}" if b.error else ""))
         for r in b.restarts:
@@ -674,7 +681,7 @@ def deploy(
 
 
 def _render_deploy(result: Any) -> None:
-    _say(f"{result.status}: {result.message}")
+    _headline(result)
     if result.stopped:
         _say("  stopped: " + ", ".join(result.stopped))
     if result.new_workers:

@@ -346,7 +346,7 @@ class DrainMachine:
                     blocked.append(f"{queue} ({have} → {have - losing})")
             if blocked:
                 self.message = (
-                    f"refused: --min-consumers {minimum} would be violated for queue(s) "
+                    f"--min-consumers {minimum} would be violated for queue(s) "
                     f"{', '.join(blocked)}; nothing was changed"
                 )
                 self.state = DrainState.REFUSED

@@ -244,7 +244,7 @@ class RestartMachine:
                     losing = sum(1 for n in batch.workers if queue in consumers[n])
                     if have - losing < minimum:
                         self.message = (
-                            f"refused: batch {batch.index + 1} ({', '.join(batch.workers)}) would "
+                            f"batch {batch.index + 1} ({', '.join(batch.workers)}) would "
                             f"leave queue {queue} with {have - losing} consumer(s) "
                             f"(< --min-consumers {minimum}); use a smaller --batch; nothing was changed"
                         )

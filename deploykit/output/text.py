@@ -24,10 +24,14 @@ def console(stderr: bool = False) -> Any:
 
     stream = sys.stderr if stderr else sys.stdout
     width = None
-    if not stream.isatty():
+    tty = stream.isatty()
+    if not tty:
         # Logs and pipes have no width: do not squeeze tables into 80 columns.
         width = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else 160
-    return Console(stderr=stderr, no_color=not color_enabled(), highlight=False, soft_wrap=False, width=width)
+    # Piped, a line is a fact: never break it (grep, CI logs); tables still fit ``width``.
+    return Console(
+        stderr=stderr, no_color=not color_enabled(), highlight=False, soft_wrap=not tty, width=width
+    )
 
 
 def _table(title: str | None = None) -> Any:

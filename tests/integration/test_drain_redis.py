@@ -86,6 +86,11 @@ def test_min_consumers_refuses_and_no_worker_is_69(redis_url, start_workers):
     assert proc.returncode == 4, proc.stderr
     assert result_json(proc)["status"] == "refused"
     assert active_queues(redis_url, "w1@dk") == ["celery"]
+    text = deploykit(redis_url, "drain", "--min-consumers", "1")
+    assert text.returncode == 4
+    # said once: the error line on stderr, not again on stdout
+    assert "refused" not in text.stdout and text.stderr.count("refused") == 1, (text.stdout, text.stderr)
+    assert "deploykit: error: refused: --min-consumers 1 would be violated" in text.stderr
     assert not _redis(redis_url).exists("deploykit:consumers:celery")
 
     proc = deploykit(redis_url, "drain", "--worker", "nobody*")
