@@ -180,7 +180,9 @@ class CeleryProbe:
         self._connection = self._app.connection_for_write()
         try:
             with broker_errors(self._display_url, self._connection):
-                self._connection.ensure_connection(max_retries=1)
+                self._connection.ensure_connection(
+                    max_retries=1, interval_start=0, interval_step=0, interval_max=0
+                )
                 if self._method == "events":
                     self._start_event_consumer()
         except BaseException:

@@ -44,7 +44,15 @@ class CeleryFleet(Fleet):
         if self._mailbox is None:
             connection = self._app.connection_for_write()
             with broker_errors(self._display_url, connection):
-                connection.ensure_connection(max_retries=1, timeout=max(self._timeout, 2.0))
+                # One retry, without kombu's default 2 s pause before it: an unreachable broker
+                # is reported at once (kombu ``Connection.ensure_connection``, ``interval_start``).
+                connection.ensure_connection(
+                    max_retries=1,
+                    interval_start=0,
+                    interval_step=0,
+                    interval_max=0,
+                    timeout=max(self._timeout, 2.0),
+                )
             self._connection = connection
             self._mailbox = self._app.control.mailbox(connection)
         return self._mailbox
