@@ -3,7 +3,8 @@
 ``diff(old, new)`` never imports user code and never looks at the clock: the same two manifests
 always give the same findings, in the same order (by task name, then rule evaluation order).
 Parameter logic follows griffe's ``_function_incompatibilities`` adapted to Celery messages, which
-carry ``args`` by position and ``kwargs`` by name (shared/docs/prior-art.md §2.1, §2.2).
+carry ``args`` by position and ``kwargs`` by name (griffe: ``griffe/_internal/diff.py``,
+https://github.com/mkdocstrings/griffe).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator, Sequence
 
+from deploykit.manifest.builtins import builtin_tasks
 from deploykit.manifest.model import (
     KEYWORD_ONLY,
     OPTION_NAMES,
@@ -69,6 +71,67 @@ def _pair_renames(
     return pairs
 
 
+def _split(old: Task, new: Task) -> tuple[list[Parameter], list[Parameter], list[Parameter], list[Parameter]]:
+    """Named (non-variadic) parameters: old, new, removed and added."""
+    old_named = [p for p in old.parameters if not p.variadic]
+    new_named = [p for p in new.parameters if not p.variadic]
+    old_names = {p.name for p in old_named}
+    new_names = {p.name for p in new_named}
+    removed = [p for p in old_named if p.name not in new_names]
+    added = [p for p in new_named if p.name not in old_names]
+    return old_named, new_named, removed, added
+
+
+def parameter_renames(old: Task, new: Task) -> dict[str, str]:
+    """Old name -> new name of the parameters renamed in place (what ``PARAM_RENAMED`` reports).
+
+    The scan uses it: a positional value that lands on the renamed parameter binds exactly as
+    before, so it is not misbound.
+    """
+    _, _, removed, added = _split(old, new)
+    return {gone.name: came.name for gone, came in _pair_renames(old, new, removed, added)}
+
+
+def _signature(task: Task) -> inspect.Signature:
+    """A stand-in signature with ``task``'s parameters (defaults are placeholders)."""
+    params = []
+    for param in task.parameters:
+        kind = getattr(inspect.Parameter, param.kind)
+        default = None if param.has_default else inspect.Parameter.empty
+        params.append(inspect.Parameter(param.name, kind, default=default))
+    return inspect.Signature(params)
+
+
+def _positional_outcomes(old: Task, new: Task, passing: int) -> tuple[bool, bool]:
+    """What happens on ``new`` to queued all-positional messages of ``old`` that carry at least
+    ``passing`` values: ``(some fail with TypeError, some bind)``.
+
+    Old messages carry from as many values as ``old`` requires up to as many as it accepts (one
+    more stands for any number absorbed by ``*args``). The caller knows whether binding is right.
+    """
+    low = max(passing, sum(1 for p in old.positional if p.required))
+    high = len(old.positional) + (1 if old.var_positional else 0)
+    signature = _signature(new)
+    fails = binds = False
+    for count in range(low, high + 1):
+        try:
+            signature.bind(*range(count))
+        except TypeError:
+            fails = True
+        else:
+            binds = True
+    return fails, binds
+
+
+def _positional_text(fails: bool, binds: bool, wrong: str) -> str:
+    """How queued positional messages fare, as a clause (``wrong`` says what binding does)."""
+    if fails and binds:
+        return f"positional messages fail with TypeError or, depending on how many values they carry, {wrong}"
+    if binds:
+        return f"positional messages {wrong}, silently"
+    return "positional messages fail with TypeError too"
+
+
 def _kind_change(name: str, before: str, after: str) -> str | None:
     """The sentence for an incompatible kind transition, ``None`` for a compatible one."""
     if after == POSITIONAL_OR_KEYWORD:
@@ -85,15 +148,49 @@ def _kind_change(name: str, before: str, after: str) -> str | None:
     )
 
 
+def _added_required_text(old: Task, new: Task, came: Parameter) -> str:
+    """What a new required parameter does to queued messages, per calling shape."""
+    every = "every queued message for this task lacks it and fails with TypeError on new workers"
+    if not came.positional:
+        return every
+    index = [p.name for p in new.positional].index(came.name)
+    # Messages carrying fewer values than its position lack it; any that bind, bind it wrongly.
+    fails, binds = _positional_outcomes(old, new, 0)
+    if not binds:
+        return every + " (whether it passes its arguments by position or by keyword)"
+    displaced = old.positional[index].name if index < len(old.positional) else "*args"
+    wrong = f"bind the value meant for '{displaced}' to '{came.name}'"
+    return (
+        "queued messages passing their arguments by keyword lack it and fail with TypeError on new "
+        f"workers; {_positional_text(fails, binds, wrong)}"
+    )
+
+
+def _removed_text(old: Task, new: Task, gone: Parameter) -> str:
+    """What a removed parameter does to the queued messages that pass it, per calling shape."""
+    keyword = "queued messages passing it by keyword fail with TypeError on new workers"
+    if new.var_keyword:
+        keyword = "queued messages passing it by keyword run (**kwargs takes it)"
+    if not gone.positional:
+        return keyword
+    index = [p.name for p in old.positional].index(gone.name)
+    fails, binds = _positional_outcomes(old, new, index + 1)
+    if index < len(new.positional):
+        wrong = f"bind its value to '{new.positional[index].name}' and shift the ones after it"
+    else:
+        wrong = "pass its value into *args"
+    positional = _positional_text(fails, binds, wrong).replace(
+        "positional messages", "messages passing it by position", 1
+    )
+    if gone.kind == POSITIONAL_ONLY:
+        return positional + " on new workers"
+    return f"{keyword}; {positional}"
+
+
 def diff_parameters(old: Task, new: Task) -> Iterator[Finding]:
     """Findings for the signature change of one task kept under the same name."""
     task, file, line = new.name, new.file, new.line
-    old_named = [p for p in old.parameters if not p.variadic]
-    new_named = [p for p in new.parameters if not p.variadic]
-    old_names = {p.name for p in old_named}
-    new_names = {p.name for p in new_named}
-    removed = [p for p in old_named if p.name not in new_names]
-    added = [p for p in new_named if p.name not in old_names]
+    old_named, _, removed, added = _split(old, new)
     renames = _pair_renames(old, new, removed, added)
     renamed_old = {a.name: b for a, b in renames}
     renamed_new = {b.name for _, b in renames}
@@ -101,12 +198,14 @@ def diff_parameters(old: Task, new: Task) -> Iterator[Finding]:
     for gone, came in renames:
         if gone.kind == POSITIONAL_ONLY and came.kind == POSITIONAL_ONLY:
             continue  # nobody can pass a positional-only parameter by name: a free rename
-        positional = " (messages passing it by position bind silently)" if gone.positional else ""
+        # Paired parameters have the same kind: positional-or-keyword or keyword-only here.
+        queued = f"queued messages passing {gone.name}= by keyword fail with TypeError on new workers"
+        if gone.positional:
+            queued += f", while those passing it by position bind to '{came.name}' as before"
         yield finding(
             "PARAM_RENAMED",
             task,
-            f"Parameter '{gone.name}' was renamed to '{came.name}': queued messages passing "
-            f"{gone.name}= fail with TypeError on new workers{positional}, and old workers reject new "
+            f"Parameter '{gone.name}' was renamed to '{came.name}': {queued}; old workers reject new "
             f"messages passing {came.name}=.",
             f"Keep '{gone.name}' as an optional alias next to '{came.name}' for one release "
             "(both with defaults), then drop it once no queued message uses the old name.",
@@ -132,9 +231,8 @@ def diff_parameters(old: Task, new: Task) -> Iterator[Finding]:
         yield finding(
             "PARAM_REMOVED",
             task,
-            f"Parameter '{gone.name}' was removed: queued messages that pass it fail with TypeError "
-            "on new workers"
-            + (", and old workers fail on new messages that omit it." if gone.required else "."),
+            f"Parameter '{gone.name}' was removed: {_removed_text(old, new, gone)}"
+            + ("; old workers fail on new messages that omit it." if gone.required else "."),
             f"Keep accepting '{gone.name}' (with a default, unused) for one release and remove it once "
             "no queued message carries it; or absorb it with *args/**kwargs.",
             parameter=gone.name,
@@ -188,6 +286,19 @@ def diff_parameters(old: Task, new: Task) -> Iterator[Finding]:
                 file=file,
                 line=line,
             )
+        elif not before.has_default and after.has_default:
+            yield finding(
+                "PARAM_BECAME_OPTIONAL",
+                task,
+                f"Parameter '{before.name}' gained a default ({after.default}): compatible for queued "
+                "messages, which all pass it; while the fleet is mixed, old workers fail with TypeError "
+                "on messages from new producers that omit it.",
+                "Nothing to do for queued messages; start omitting it only once every worker runs the "
+                "new code.",
+                parameter=before.name,
+                file=file,
+                line=line,
+            )
         elif before.has_default and after.has_default and before.default != after.default:
             yield finding(
                 "PARAM_DEFAULT_CHANGED",
@@ -218,8 +329,8 @@ def diff_parameters(old: Task, new: Task) -> Iterator[Finding]:
             yield finding(
                 "PARAM_ADDED_REQUIRED",
                 task,
-                f"Required parameter '{came.name}' was added: every queued message for this task lacks it "
-                "and fails with TypeError on new workers, and old workers reject new messages that pass it.",
+                f"Required parameter '{came.name}' was added: {_added_required_text(old, new, came)}; old "
+                "workers reject new messages that pass it.",
                 f"Give '{came.name}' a default value (e.g. {came.name}=None) so old messages still bind.",
                 parameter=came.name,
                 file=file,
@@ -340,13 +451,8 @@ def match_renames(old: Manifest, new: Manifest) -> dict[str, str]:
 
 def _binding_error(entry: BeatEntry, task: Task) -> str | None:
     """Python's own TypeError text when the entry's args/kwargs do not bind to ``task``."""
-    params = []
-    for param in task.parameters:
-        kind = getattr(inspect.Parameter, param.kind)
-        default = None if param.has_default else inspect.Parameter.empty
-        params.append(inspect.Parameter(param.name, kind, default=default))
     try:
-        signature = inspect.Signature(params)
+        signature = _signature(task)
         signature.bind(*entry.args, **dict(entry.kwargs))
     except (TypeError, ValueError) as exc:
         return str(exc)
@@ -362,9 +468,10 @@ def diff_beat(old: Manifest, new: Manifest) -> Iterator[Finding]:
         (e, " (old schedule, still sent until beat restarts)") for e in old.beat if e.key() not in new_entries
     ]
     seen: set[tuple[str, str, str | None]] = set()
+    builtins = builtin_tasks()  # registered by every worker: never missing
     for entry, note in sorted(checked, key=lambda item: (item[0].task, item[0].name, item[1])):
-        target = new.tasks.get(entry.task)
-        before = old.tasks.get(entry.task)
+        target = new.tasks.get(entry.task) or builtins.get(entry.task)
+        before = old.tasks.get(entry.task) or builtins.get(entry.task)
         unchanged = entry.key() in old_entries
         if target is None:
             if before is None and unchanged:

@@ -1,15 +1,17 @@
 """The rule catalogue and the typed :class:`Finding` the diff produces.
 
 Every rule has a stable ID (used in ``--json``, suppressions and CI annotations), a default level
-and a one-line summary. Rules reason about both directions of a rolling deploy
-(shared/docs/prior-art.md §2.6): *old messages reaching new workers* (queued, ETA, retries, beat)
-and *new producers reaching old workers* while the fleet is mixed.
+and a one-line summary. Rules reason about both directions of a rolling deploy: *old messages
+reaching new workers* (queued, ETA, retries, beat) and *new producers reaching old workers* while
+the fleet is mixed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
+from typing import Any
 
 
 class Level(str, Enum):
@@ -35,14 +37,23 @@ _CATALOGUE = (
     Rule("TASK_REMOVED", Level.ERROR, "A task name disappeared: its queued messages are discarded."),
     Rule("TASK_RENAMED", Level.ERROR, "The same function is registered under a new name."),
     Rule("TASK_ADDED", Level.INFO, "A new task: old workers discard it until they are upgraded."),
-    Rule("PARAM_ADDED_REQUIRED", Level.ERROR, "A parameter without a default was added."),
+    Rule(
+        "PARAM_ADDED_REQUIRED",
+        Level.ERROR,
+        "A parameter without a default was added: queued messages fail, or bind wrongly by position.",
+    ),
     Rule("PARAM_ADDED_OPTIONAL", Level.WARNING, "A parameter with a default was added."),
     Rule("PARAM_REMOVED", Level.ERROR, "A parameter was removed and nothing absorbs it."),
-    Rule("PARAM_RENAMED", Level.ERROR, "A parameter was renamed."),
+    Rule(
+        "PARAM_RENAMED",
+        Level.ERROR,
+        "A parameter was renamed: queued messages passing it by keyword fail (by position: unchanged).",
+    ),
     Rule("PARAM_MOVED", Level.ERROR, "A positional parameter changed position."),
     Rule("PARAM_BECAME_REQUIRED", Level.ERROR, "A parameter lost its default."),
     Rule("PARAM_KIND_CHANGED", Level.ERROR, "A parameter changed kind incompatibly."),
     Rule("PARAM_DEFAULT_CHANGED", Level.WARNING, "A parameter's default value changed."),
+    Rule("PARAM_BECAME_OPTIONAL", Level.INFO, "A parameter gained a default: compatible for old messages."),
     Rule("VARARGS_REMOVED", Level.ERROR, "*args was removed."),
     Rule("VARKW_REMOVED", Level.ERROR, "**kwargs was removed."),
     Rule("ANNOTATION_CHANGED", Level.INFO, "A parameter's type annotation changed."),
@@ -80,6 +91,10 @@ class Finding:
     suppressed: bool = False
     #: ``"inline"`` or the ``[tool.deploykit] ignore`` entry that matched.
     suppressed_by: str | None = None
+    #: The numbers behind the message, for machines (plain JSON values): ``WAITING_*`` findings
+    #: carry ``count``, ``beat_entries``, ``locations``, ``reasons``, ``sample_ids``,
+    #: ``earliest_eta``, ``latest_eta``, ``expired``. ``None`` for the other rules.
+    data: Mapping[str, Any] | None = None
 
     @property
     def location(self) -> str | None:
@@ -101,6 +116,7 @@ def finding(
     line: int | None = None,
     parameter: str | None = None,
     beat_entry: str | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> Finding:
     """A finding at its rule's default level."""
     return Finding(
@@ -113,4 +129,5 @@ def finding(
         line=line,
         parameter=parameter,
         beat_entry=beat_entry,
+        data=data,
     )

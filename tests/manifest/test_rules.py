@@ -205,7 +205,7 @@ CASES: list[tuple[str, str, str, list[str]]] = [
         "optional parameter inserted in the middle",
         BASE,
         "@app.task\ndef add(x, z=0, y=None):\n    pass\n",
-        ["PARAM_MOVED:error", "PARAM_ADDED_OPTIONAL:warning"],
+        ["PARAM_MOVED:error", "PARAM_ADDED_OPTIONAL:warning", "PARAM_BECAME_OPTIONAL:info"],
     ),
     (
         "default removed",
@@ -242,6 +242,12 @@ CASES: list[tuple[str, str, str, list[str]]] = [
         "@app.task\ndef add(x, **kwargs):\n    pass\n",
         "@app.task\ndef add(x):\n    pass\n",
         ["VARKW_REMOVED:error"],
+    ),
+    (
+        "parameter gains a default (compatible: info)",
+        BASE,
+        "@app.task\ndef add(x, y=0):\n    pass\n",
+        ["PARAM_BECAME_OPTIONAL:info"],
     ),
     (
         "default value changed",
@@ -303,6 +309,12 @@ CASES: list[tuple[str, str, str, list[str]]] = [
         ["TASK_REMOVED:error", "BEAT_TASK_MISSING:error"],
     ),
     (
+        "new beat entry for Celery's built-in backend_cleanup (every worker registers it)",
+        BASE,
+        BASE + "app.conf.beat_schedule = {'c': {'task': 'celery.backend_cleanup', 'schedule': 5.0}}\n",
+        [],
+    ),
+    (
         "new beat entry naming a task that does not exist",
         BASE,
         BASE + "app.conf.beat_schedule = {'p': {'task': 'proj.tasks.typo', 'schedule': 5.0}}\n",
@@ -360,3 +372,101 @@ def test_table_covers_every_rule() -> None:
     covered = {e.split(":")[0] for case in CASES for e in case[3]}
     # WAITING_* findings come from the broker scan (`check --broker`): tests/scan/test_findings.py.
     assert covered == {rule for rule in RULES if not rule.startswith("WAITING_")}
+
+
+#: What each finding says happens, per calling shape: (old source, new source, rule, fragments the
+#: message must contain, fragments it must not contain).
+CONSEQUENCES: list[tuple[str, str, str, str, list[str], list[str]]] = [
+    (
+        "required parameter added in front: positional messages fail or bind wrongly",
+        "@app.task\ndef add(cart_id, coupon=None):\n    pass\n",
+        "@app.task\ndef add(user_id, cart_id, coupon=None):\n    pass\n",
+        "PARAM_ADDED_REQUIRED",
+        [
+            "passing their arguments by keyword lack it and fail with TypeError",
+            "positional messages fail with TypeError or, depending on how many values they carry, "
+            "bind the value meant for 'cart_id' to 'user_id'",
+        ],
+        ["every queued message"],
+    ),
+    (
+        "required parameter added at the end: every message fails",
+        BASE,
+        "@app.task\ndef add(x, y, z):\n    pass\n",
+        "PARAM_ADDED_REQUIRED",
+        ["every queued message for this task lacks it and fails with TypeError", "by position or by keyword"],
+        ["bind"],
+    ),
+    (
+        "required parameter added in the middle, nothing optional after it: every message fails",
+        BASE,
+        "@app.task\ndef add(x, z, y):\n    pass\n",
+        "PARAM_ADDED_REQUIRED",
+        ["every queued message for this task lacks it and fails with TypeError"],
+        ["bind the value"],
+    ),
+    (
+        "required parameter added before an optional one: positional messages bind wrongly",
+        "@app.task\ndef add(x, y=1):\n    pass\n",
+        "@app.task\ndef add(x, z, y=1):\n    pass\n",
+        "PARAM_ADDED_REQUIRED",
+        [
+            "fail with TypeError or, depending on how many values they carry, "
+            "bind the value meant for 'y' to 'z'"
+        ],
+        [],
+    ),
+    (
+        "renamed in place: keyword messages fail, positional ones bind as before",
+        BASE,
+        "@app.task\ndef add(x, total):\n    pass\n",
+        "PARAM_RENAMED",
+        [
+            "queued messages passing y= by keyword fail with TypeError",
+            "those passing it by position bind to 'total' as before",
+        ],
+        ["silently"],
+    ),
+    (
+        "middle parameter removed: positional messages fail or shift",
+        "@app.task\ndef add(x, y, z=0):\n    pass\n",
+        "@app.task\ndef add(x, z=0):\n    pass\n",
+        "PARAM_REMOVED",
+        [
+            "queued messages passing it by keyword fail with TypeError",
+            "messages passing it by position fail with TypeError or, depending on how many values they "
+            "carry, bind its value to 'z'",
+        ],
+        [],
+    ),
+    (
+        "last parameter removed: positional messages passing it fail",
+        BASE,
+        "@app.task\ndef add(x):\n    pass\n",
+        "PARAM_REMOVED",
+        ["messages passing it by position fail with TypeError too"],
+        ["bind"],
+    ),
+    (
+        "parameter gains a default: compatible for queued messages",
+        BASE,
+        "@app.task\ndef add(x, y=0):\n    pass\n",
+        "PARAM_BECAME_OPTIONAL",
+        ["gained a default (0)", "compatible for queued messages"],
+        [],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "rule", "says", "never"), [c[1:] for c in CONSEQUENCES], ids=[c[0] for c in CONSEQUENCES]
+)
+def test_findings_state_the_consequence_per_calling_shape(
+    build, old: str, new: str, rule: str, says: list[str], never: list[str]
+) -> None:
+    report = compare(build("old", old), build("new", new), command="diff", old_label="old", new_label="new")
+    (item,) = [f for f in report.findings if f.rule == rule]
+    for fragment in says:
+        assert fragment in item.message, item.message
+    for fragment in never:
+        assert fragment not in item.message, item.message
