@@ -189,6 +189,8 @@ def emit_report(
             raise UsageError(f"cannot write $GITHUB_STEP_SUMMARY: {exc.strerror or exc}") from None
     if report.failed:
         raise typer.Exit(int(ExitCode.UNSAFE))
+    if report.incomplete:
+        raise typer.Exit(int(ExitCode.INCOMPLETE))
 
 
 def _with_broker_scan(
@@ -206,7 +208,7 @@ def _with_broker_scan(
 
     from deploykit.cli.scan import scan_broker
     from deploykit.manifest.collect import collect_app
-    from deploykit.scan.findings import scan_findings
+    from deploykit.scan.findings import scan_findings, unchecked_data
 
     new = collect_app(user_app, Path.cwd())
     scanned, described = scan_broker(
@@ -222,12 +224,17 @@ def _with_broker_scan(
         oversize=1024 * 1024,
         new_manifest=new,
     )
-    notes = (
-        *report.notes,
-        f"broker {described['broker']}: {scanned.scanned} waiting message(s) checked",
-        *scanned.notes,
+    checked = f"broker {described['broker']}: {scanned.scanned} waiting message(s) checked"
+    if scanned.beat_entries:
+        checked += f", and {scanned.beat_entries} beat entries"
+    notes = (*report.notes, checked, *scanned.notes)
+    return dataclasses.replace(
+        report,
+        findings=(*report.findings, *scan_findings(scanned, new)),
+        notes=notes,
+        incomplete=scanned.incomplete_summary(),
+        unchecked=unchecked_data(scanned) if scanned.incomplete else None,
     )
-    return dataclasses.replace(report, findings=(*report.findings, *scan_findings(scanned, new)), notes=notes)
 
 
 # --- commands --------------------------------------------------------------------------------

@@ -97,7 +97,8 @@ def scan_broker(
             known.update(app_queue_names(session.app))
             names = sorted(known)
             if peek:
-                # Native delayed delivery keeps ETA tasks in celery_delayed_* (celery-internals §4.3).
+                # Native delayed delivery keeps ETA tasks in celery_delayed_* (Celery 5.5+,
+                # celery/app/base.py send_task, celery/worker/consumer/delayed_delivery.py).
                 delayed = session.broker.queue_stats([]).delayed
                 if delayed is not None and delayed.messages:
                     names += sorted(delayed.queues)
@@ -186,8 +187,9 @@ def scan(
 ) -> None:
     """Check every waiting message (queues, worker-held, ETA, beat) against the new code.
 
-    Verdicts: runs, misbound, fails, discarded, undecidable. Exit 1 if any message would fail, be
-    discarded or misbind.
+    Verdicts: runs, misbound, fails, discarded, undecidable. Exit 1 if any message or beat entry
+    would fail, be discarded or misbind; else 5 if some waiting messages could not be read
+    (RabbitMQ without --peek, beyond --peek-limit, a quorum queue without --force); else 0.
     """
     with handle_errors():
         fmt = pick_format(format_, json_)
@@ -206,8 +208,14 @@ def scan(
             oversize=size,
         )
         render_scan(report, described, fmt)
-        if report.breaking:
-            raise typer.Exit(int(ExitCode.UNSAFE))
+        raise typer.Exit(int(scan_exit_code(report)))
+
+
+def scan_exit_code(report: Any) -> ExitCode:
+    """1 if anything breaks, else 5 if some waiting messages were not checked, else 0."""
+    if report.breaking:
+        return ExitCode.UNSAFE
+    return ExitCode.INCOMPLETE if report.incomplete else ExitCode.OK
 
 
 def render_scan(report: Any, described: dict[str, Any], fmt: str) -> None:

@@ -7,7 +7,7 @@ of ``check --broker``) can add theirs to the same report.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,13 @@ class Report:
     tasks_old: int = 0
     tasks_new: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: ``check --broker`` only: "N of M waiting message(s) not checked (why; how)" when some
+    #: waiting messages could not be read. Such a report is never OK: it exits 5 (``INCOMPLETE``)
+    #: unless a finding fails it (exit 1).
+    incomplete: str | None = None
+    #: The numbers behind :attr:`incomplete` (plain JSON values): ``waiting``, ``unchecked``,
+    #: ``unchecked_unknown``, ``locations[{location, count, reason, remedy}]``.
+    unchecked: Mapping[str, Any] | None = None
 
     def counts(self) -> dict[str, int]:
         counts = {"error": 0, "warning": 0, "info": 0, "suppressed": 0}
@@ -62,6 +69,13 @@ class Report:
     def failed(self) -> bool:
         return bool(self.failing)
 
+    @property
+    def verdict(self) -> str:
+        """``failed`` (exit 1) wins over ``incomplete`` (exit 5), which wins over ``ok`` (exit 0)."""
+        if self.failed:
+            return "failed"
+        return "incomplete" if self.incomplete else "ok"
+
     def document(self) -> dict[str, Any]:
         """The ``--json`` document (schema ``deploykit.findings/1``)."""
         return {
@@ -72,6 +86,10 @@ class Report:
             "tasks": {"old": self.tasks_old, "new": self.tasks_new},
             "fail_on": self.fail_on,
             "failed": self.failed,
+            "verdict": self.verdict,
+            "incomplete": (
+                None if self.incomplete is None else {"summary": self.incomplete, **(self.unchecked or {})}
+            ),
             "counts": self.counts(),
             "notes": list(self.notes),
             "findings": [
@@ -87,6 +105,7 @@ class Report:
                     "line": f.line,
                     "suppressed": f.suppressed,
                     "suppressed_by": f.suppressed_by,
+                    "data": dict(f.data) if f.data is not None else None,
                 }
                 for f in self.findings
             ],

@@ -53,7 +53,14 @@ def summary_line(report: Report) -> str:
     ]
     if counts["suppressed"]:
         parts.append(f"{counts['suppressed']} suppressed")
-    verdict = f"FAILED (--fail-on {report.fail_on})" if report.failed else "OK"
+    if report.failed:
+        verdict = f"FAILED (--fail-on {report.fail_on})"
+        if report.incomplete:
+            verdict += f"; also INCOMPLETE: {report.incomplete}"
+    elif report.incomplete:
+        verdict = f"INCOMPLETE: {report.incomplete}"
+    else:
+        verdict = "OK"
     return f"{', '.join(parts)}; {report.tasks_old} -> {report.tasks_new} tasks. {verdict}"
 
 
@@ -145,6 +152,9 @@ def github(report: Report, *, prefix: str | None = None) -> str:
         props.append(f"title={_escape_property(f'{item.rule} ({item.task})')}")
         message = f"{item.message} Hint: {item.hint}"
         lines.append(f"::{_GITHUB_COMMAND[item.level]} {','.join(props)}::{_escape_data(message)}")
+    if report.incomplete:
+        title = _escape_property(f"deploykit {report.command}: incomplete")
+        lines.append(f"::warning title={title}::{_escape_data(report.incomplete)}")
     lines.append(f"deploykit {report.command}: {summary_line(report)}")
     return "\n".join(lines) + "\n"
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from deploykit.scan.engine import BREAKING, Report, Verdict
+from deploykit.scan.engine import BREAKING, Group, Report, Verdict
+from deploykit.scan.findings import unchecked_data
 
 SCHEMA = "deploykit.scan/1"
 GITHUB_ANNOTATIONS_PER_KIND = 10
+
+
+def _counts(totals: Any) -> dict[str, int]:
+    return {v.value: totals.get(v, 0) for v in Verdict}
 
 
 def document(report: Report, *, new: str, old: str | None, broker: str | None) -> dict[str, Any]:
@@ -18,17 +23,30 @@ def document(report: Report, *, new: str, old: str | None, broker: str | None) -
         "new_code": new,
         "old_manifest": old,
         "generated_at": report.now,
+        # unsafe (exit 1) wins over incomplete (exit 5), which wins over ok (exit 0).
+        "verdict": report.verdict,
+        # Messages only: beat entries are counted in "beat".
         "totals": {
-            **{v.value: report.totals.get(v, 0) for v in Verdict},
+            **_counts(report.totals),
             "scanned": report.scanned,
-            "breaking": report.breaking,
+            "breaking": report.breaking_messages,
             "expired": report.expired,
+            "waiting": report.waiting,
+            "unchecked": report.unchecked_count,
+            "unchecked_unknown": report.unchecked_unknown,
         },
+        "beat": {
+            **_counts(report.beat_totals),
+            "entries": report.beat_entries,
+            "breaking": report.breaking_beat,
+        },
+        "unchecked": unchecked_data(report)["locations"],
         "groups": [
             {
                 "task": g.task,
                 "verdict": g.verdict.value,
                 "count": g.count,
+                "beat_entries": g.beat,
                 "locations": dict(g.locations.most_common()),
                 "reasons": dict(g.reasons.most_common()),
                 "earliest_eta": g.earliest_eta,
@@ -50,6 +68,23 @@ def document(report: Report, *, new: str, old: str | None, broker: str | None) -
     }
 
 
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+def verdict_line(report: Report) -> str:
+    """The verdict line: UNSAFE / INCOMPLETE / OK, messages and beat entries counted apart."""
+    totals = ", ".join(f"{report.totals.get(v, 0)} {v.value}" for v in Verdict)
+    line = f"{report.verdict.upper()}  {report.scanned} message(s) checked: {totals}"
+    if report.beat_entries:
+        beat = ", ".join(f"{n} {v.value}" for v in Verdict if (n := report.beat_totals.get(v, 0)))
+        line += f"; {_plural(report.beat_entries, 'beat entry', 'beat entries')}: {beat}"
+    incomplete = report.incomplete_summary()
+    if incomplete:
+        line += f"; incomplete: {incomplete}"
+    return line
+
+
 def _where(locations: Any) -> str:
     parts = [f"{name} x{count}" for name, count in locations.most_common(3)]
     if len(locations) > 3:
@@ -57,10 +92,29 @@ def _where(locations: Any) -> str:
     return ", ".join(parts)
 
 
+def _size(group: Group) -> str:
+    parts = []
+    if group.count or not group.beat:
+        parts.append(f"{group.count} message(s)")
+    if group.beat:
+        parts.append(_plural(group.beat, "beat entry", "beat entries"))
+    return " + ".join(parts)
+
+
+def _reasons(group: Group) -> str:
+    """Every reason of a group, each with its count when there are several."""
+    reasons = group.reasons.most_common()
+    if not reasons:
+        return ""
+    if len(reasons) == 1:
+        return reasons[0][0]
+    return "; ".join(f"{count} x {reason}" for reason, count in reasons)
+
+
 def render_text(report: Report, out: Any) -> None:
-    """One block per task and verdict, the worst first, then the totals."""
+    """One block per task and verdict, the worst first, what was not checked, then the verdict."""
     if not report.groups:
-        out.print("No waiting message found.")
+        out.print("No waiting message checked." if report.incomplete else "No waiting message found.")
     for g in report.sorted_groups():
         eta = ""
         if g.earliest_eta:
@@ -69,7 +123,7 @@ def render_text(report: Report, out: Any) -> None:
                 eta += f" … {g.latest_eta:%Y-%m-%d %H:%M}"
         samples = f"  e.g. {', '.join(g.samples)}" if g.samples else ""
         out.print(
-            f"{g.verdict.value.upper():<11} {g.task}  {g.count} message(s) in {_where(g.locations)}{eta}",
+            f"{g.verdict.value.upper():<11} {g.task}  {_size(g)} in {_where(g.locations)}{eta}",
             highlight=False,
         )
         if samples:
@@ -86,11 +140,17 @@ def render_text(report: Report, out: Any) -> None:
             f"Oversized: {count} message(s) of {task} exceed {report.oversize} bytes "
             f"(largest {largest[0]} bytes, id {largest[1]}): pass references, not data"
         )
+    for u in report.unchecked:
+        if u.count != 0:
+            how_many = "an unknown number of" if u.count is None else str(u.count)
+            out.print(
+                f"Not checked: {how_many} message(s) in {u.location}: {u.reason}; {u.remedy}",
+                highlight=False,
+                soft_wrap=True,
+            )
     for note in report.notes:
-        out.print(f"Note: {note}")
-    totals = ", ".join(f"{report.totals.get(v, 0)} {v.value}" for v in Verdict)
-    verdict = "UNSAFE" if report.breaking else "OK"
-    out.print(f"{verdict}  {report.scanned} message(s): {totals}")
+        out.print(f"Note: {note}", highlight=False, soft_wrap=True)
+    out.print(verdict_line(report), highlight=False, soft_wrap=True)
 
 
 def _escape_data(text: str) -> str:
@@ -110,25 +170,32 @@ def render_github(report: Report, write: Any) -> None:
         if kind is None or shown[kind] >= GITHUB_ANNOTATIONS_PER_KIND:
             continue
         shown[kind] += 1
-        title = _escape_property(f"deploykit scan: {g.count} {g.task} message(s) {g.verdict.value}")
-        reason = next(iter(g.reasons), "")
-        write(f"::{kind} title={title}::{_escape_data(reason or g.verdict.value)}\n")
+        title = _escape_property(f"deploykit scan: {_size(g)} of {g.task} {g.verdict.value}")
+        reasons = _reasons(g)
+        write(f"::{kind} title={title}::{_escape_data(reasons or g.verdict.value)}\n")
+    incomplete = report.incomplete_summary()
+    if incomplete:
+        title = _escape_property("deploykit scan: incomplete")
+        write(f"::warning title={title}::{_escape_data(incomplete)}\n")
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         lines = [
             "## deploykit scan",
             "",
-            f"{report.scanned} waiting message(s) checked, "
-            f"{report.breaking} would fail, be discarded or misbind.",
+            f"{report.scanned} waiting message(s) checked, {report.breaking_messages} would fail, be "
+            f"discarded or misbind; {report.beat_entries} beat entries checked, {report.breaking_beat} "
+            "would break.",
             "",
-            "| task | verdict | count | where | why |",
-            "|---|---|---|---|---|",
+            *([f"**Incomplete**: {incomplete}", ""] if incomplete else []),
+            "| task | verdict | messages | beat entries | where | why |",
+            "|---|---|---|---|---|---|",
         ]
         for g in report.sorted_groups():
-            why = next(iter(g.reasons), "").replace("|", "\\|")
-            lines.append(f"| `{g.task}` | {g.verdict.value} | {g.count} | {_where(g.locations)} | {why} |")
+            why = _reasons(g).replace("|", "\\|")
+            lines.append(
+                f"| `{g.task}` | {g.verdict.value} | {g.count} | {g.beat} | {_where(g.locations)} | {why} |"
+            )
         text = "\n".join(lines) + "\n"
         with open(summary, "a", encoding="utf-8") as handle:
             handle.write(text[: 1024 * 1000])
-    totals = ", ".join(f"{report.totals.get(v, 0)} {v.value}" for v in Verdict)
-    write(f"deploykit scan: {report.scanned} message(s): {totals}\n")
+    write(f"deploykit scan: {verdict_line(report)}\n")

@@ -12,6 +12,12 @@ chain or chord member):
 
 Memory does not grow with the number of messages: per (task, verdict) group we keep counters, the
 ETA range, three sample ids and the largest payloads.
+
+Beat schedule entries are judged the same way but counted apart: an entry is not a message (it
+becomes one at its next run), so ``Report.scanned`` and ``Report.totals`` count messages only and
+``Report.beat_entries``/``Report.beat_totals`` count entries. What the scan could not read is
+recorded as :class:`Unchecked` (how many, why, how to check them): a report with unchecked
+messages is *incomplete*, never OK.
 """
 
 from __future__ import annotations
@@ -51,6 +57,9 @@ class Verdict(str, Enum):
 
 #: Verdicts that stop a deploy (exit 1).
 BREAKING = (Verdict.MISBOUND, Verdict.FAILS, Verdict.DISCARDED)
+#: Item locations that are beat schedule entries (the app's ``beat_schedule``, django-celery-beat
+#: rows), not messages.
+BEAT_LOCATIONS = ("beat:", "beat-db:")
 _SEVERITY = {
     Verdict.RUNS: 0,
     Verdict.UNDECIDABLE: 1,
@@ -76,9 +85,18 @@ _RUNS = Outcome(Verdict.RUNS)
 class Judge:
     """Classifies calls against the new (and optionally old) task signatures, with caching."""
 
-    def __init__(self, new: Mapping[str, TaskSpec], old: Mapping[str, TaskSpec] | None = None) -> None:
+    def __init__(
+        self,
+        new: Mapping[str, TaskSpec],
+        old: Mapping[str, TaskSpec] | None = None,
+        renames: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
         self._new = new
         self._old = old
+        #: Task -> {old parameter name: new name} for parameters renamed in place (the diff's
+        #: PARAM_RENAMED pairs): a positional value that lands on the renamed parameter lands
+        #: where it did before.
+        self._renames = renames or {}
         self._checkers: dict[tuple[str, str], CallChecker | None] = {}
         # A call's outcome depends only on its shape: task, how it is called, the number of
         # positional arguments and the keyword names (in order: the TypeError names the first
@@ -133,9 +151,13 @@ class Judge:
             return Outcome(Verdict.FAILS, f"{where}TypeError: {error}")
         old = self._checker("old", call.name) if self._old is not None else None
         if old is not None and args:
-            before, after = old.positional_slots(len(args)), checker.positional_slots(len(args))
-            if before != after:
-                moved = ", ".join(f"{b}→{a}" for b, a in zip(before, after, strict=True) if b != a)
+            renamed = self._renames.get(call.name, {})
+            before = tuple(renamed.get(slot, slot) for slot in old.positional_slots(len(args)))
+            after = checker.positional_slots(len(args))
+            moved = ", ".join(
+                f"{b}→{a}" for b, a in zip(before, after, strict=True) if _slot_key(b) != _slot_key(a)
+            )
+            if moved:
                 return Outcome(
                     Verdict.MISBOUND, f"{where}positional arguments land on other parameters ({moved})"
                 )
@@ -152,13 +174,21 @@ class Judge:
         return worst
 
 
+def _slot_key(slot: str) -> str:
+    """Extra positional values land in ``*args`` whatever it is called."""
+    return "*" if slot.startswith("*") else slot
+
+
 @dataclass
 class Group:
-    """Messages of one task with one verdict."""
+    """Messages (and beat entries, counted apart) of one task with one verdict."""
 
     task: str
     verdict: Verdict
+    #: Messages (queued, held by workers): beat entries are not counted here.
     count: int = 0
+    #: Beat schedule entries with this verdict.
+    beat: int = 0
     locations: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     earliest_eta: datetime | None = None
@@ -182,6 +212,19 @@ class Group:
             self.expired += 1
         if task_id and len(self.samples) < SAMPLES:
             self.samples.append(task_id)
+
+
+@dataclass(frozen=True)
+class Unchecked:
+    """Waiting messages the scan knows of but did not read: they keep the report from being OK."""
+
+    #: Where they wait: ``queue:NAME``, ``delayed:NAME``, ``workers``.
+    location: str
+    #: How many the broker reports; ``None`` when it cannot tell.
+    count: int | None
+    #: Why they were not read, and how to check them (one short clause each).
+    reason: str
+    remedy: str
 
 
 class Item(NamedTuple):
@@ -208,14 +251,45 @@ class Report:
         self.largest: dict[str, list[tuple[int, str]]] = {}
         self.oversized: Counter[str] = Counter()
         self.notes: list[str] = []
+        #: Messages judged (beat entries are counted in :attr:`beat_entries`).
         self.scanned = 0
+        self.beat_entries = 0
+        self.unchecked: list[Unchecked] = []
 
     @property
     def totals(self) -> Counter[Verdict]:
+        """Messages per verdict."""
         totals: Counter[Verdict] = Counter()
         for group in self.groups.values():
             totals[group.verdict] += group.count
         return totals
+
+    @property
+    def beat_totals(self) -> Counter[Verdict]:
+        """Beat entries per verdict."""
+        totals: Counter[Verdict] = Counter()
+        for group in self.groups.values():
+            totals[group.verdict] += group.beat
+        return totals
+
+    @property
+    def unchecked_count(self) -> int:
+        """Waiting messages known to be unchecked (those of unknown number not included)."""
+        return sum(u.count or 0 for u in self.unchecked)
+
+    @property
+    def unchecked_unknown(self) -> bool:
+        """Some unchecked messages are of unknown number (the broker could not tell)."""
+        return any(u.count is None for u in self.unchecked)
+
+    @property
+    def waiting(self) -> int:
+        """Every waiting message known: those checked and those not."""
+        return self.scanned + self.unchecked_count
+
+    @property
+    def incomplete(self) -> bool:
+        return any(u.count is None or u.count > 0 for u in self.unchecked)
 
     @property
     def by_location(self) -> Counter[str]:
@@ -231,7 +305,24 @@ class Report:
 
     def add_item(self, item: Item, outcome: Outcome) -> None:
         decoded = item.decoded
+        if item.location.startswith(BEAT_LOCATIONS):
+            self.add_beat(item.location, decoded.task_name, outcome)
+            return
         self.add(item.location, item.headers, item.size, decoded.task_name, decoded.task_id, outcome)
+
+    def add_beat(self, location: str, task_name: str | None, outcome: Outcome) -> None:
+        """One beat schedule entry (counted apart from messages)."""
+        task = task_name or "<unknown>"
+        group = self.groups.get((task, outcome.verdict))
+        if group is None:
+            group = self.groups[(task, outcome.verdict)] = Group(task, outcome.verdict)
+        group.beat += 1
+        group.locations[location] += 1
+        reason = outcome.reason
+        if reason and (reason in group.reasons or len(group.reasons) < 5):
+            group.reasons[reason] += 1
+        self.beat_entries += 1
+        self._undecidable_reason(outcome)
 
     def add(
         self,
@@ -260,10 +351,8 @@ class Report:
             if reason and (reason in group.reasons or len(group.reasons) < 5):
                 group.reasons[reason] += 1
         self.scanned += 1
-        if verdict is Verdict.UNDECIDABLE and reason:
-            reason = reason.split(";")[0][:80]
-            if reason in self.undecidable_reasons or len(self.undecidable_reasons) < 20:
-                self.undecidable_reasons[reason] += 1
+        if verdict is Verdict.UNDECIDABLE:
+            self._undecidable_reason(outcome)
         if size is not None:
             heap = self.largest.get(task)
             if heap is None:
@@ -275,10 +364,56 @@ class Report:
             if size > self.oversize:
                 self.oversized[task] += 1
 
+    def _undecidable_reason(self, outcome: Outcome) -> None:
+        if outcome.verdict is Verdict.UNDECIDABLE and outcome.reason:
+            reason = outcome.reason.split(";")[0][:80]
+            if reason in self.undecidable_reasons or len(self.undecidable_reasons) < 20:
+                self.undecidable_reasons[reason] += 1
+
     @property
-    def breaking(self) -> int:
+    def breaking_messages(self) -> int:
+        """Messages that would fail, be discarded or misbind."""
         totals = self.totals
         return sum(totals[v] for v in BREAKING)
+
+    @property
+    def breaking_beat(self) -> int:
+        """Beat entries whose next run would fail, be discarded or misbind."""
+        totals = self.beat_totals
+        return sum(totals[v] for v in BREAKING)
+
+    @property
+    def breaking(self) -> int:
+        """Messages and beat entries that break: any stops a deploy."""
+        return self.breaking_messages + self.breaking_beat
+
+    @property
+    def verdict(self) -> str:
+        """``unsafe`` (something breaks), else ``incomplete`` (something not read), else ``ok``."""
+        if self.breaking:
+            return "unsafe"
+        return "incomplete" if self.incomplete else "ok"
+
+    def incomplete_summary(self) -> str | None:
+        """``N of M waiting message(s) not checked (why: how to check them)``, or ``None``."""
+        if not self.incomplete:
+            return None
+        by_cause: dict[tuple[str, str], list[Unchecked]] = {}
+        for item in self.unchecked:
+            if item.count != 0:
+                by_cause.setdefault((item.reason, item.remedy), []).append(item)
+        causes = []
+        for (reason, remedy), items in by_cause.items():
+            known = [i.count for i in items if i.count is not None]
+            count = str(sum(known)) if len(known) == len(items) else "?"
+            where = ", ".join(i.location for i in items[:3])
+            if len(items) > 3:
+                where += f" +{len(items) - 3} more"
+            causes.append(f"{count} in {where}: {reason}; {remedy}")
+        head = f"{self.unchecked_count} of {self.waiting} waiting message(s) not checked"
+        if self.unchecked_unknown:
+            head += ", and an unknown number more"
+        return f"{head} ({' | '.join(causes)})"
 
     def sorted_groups(self) -> list[Group]:
         return sorted(self.groups.values(), key=lambda g: (-_SEVERITY[g.verdict], g.task))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from deploykit.manifest.model import Manifest
 from deploykit.manifest.rules import Finding, finding
-from deploykit.scan.engine import Report, Verdict
+from deploykit.scan.engine import Group, Report, Verdict
 
 _RULES = {
     Verdict.FAILS: (
@@ -32,18 +34,55 @@ _RULES = {
 }
 
 
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+def _what(group: Group) -> str:
+    """``3 waiting message(s)``, ``1 beat entry``, or both."""
+    parts = []
+    if group.count:
+        parts.append(f"{group.count} waiting message(s)")
+    if group.beat:
+        parts.append(_plural(group.beat, "beat entry", "beat entries"))
+    return " and ".join(parts)
+
+
+def group_data(group: Group) -> dict[str, Any]:
+    """A group's numbers as plain JSON values (the ``data`` of a ``WAITING_*`` finding)."""
+    return {
+        "verdict": group.verdict.value,
+        "count": group.count,
+        "beat_entries": group.beat,
+        "locations": dict(group.locations.most_common()),
+        "reasons": dict(group.reasons.most_common()),
+        "sample_ids": list(group.samples),
+        "earliest_eta": group.earliest_eta.isoformat() if group.earliest_eta else None,
+        "latest_eta": group.latest_eta.isoformat() if group.latest_eta else None,
+        "expired": group.expired,
+    }
+
+
 def scan_findings(report: Report, new: Manifest) -> list[Finding]:
-    """One finding per (task, verdict) group that is not ``runs``."""
+    """One finding per (task, verdict) group that is not ``runs``, each reason with its count."""
     findings = []
     for group in report.sorted_groups():
         if group.verdict is Verdict.RUNS:
             continue
         rule_id, what, hint = _RULES[group.verdict]
         where = ", ".join(f"{name} ({count})" for name, count in group.locations.most_common(3))
-        reason = next(iter(group.reasons), None)
-        message = f"{group.count} waiting message(s) would {what} (in {where})"
-        if reason:
-            message += f": {reason}"
+        if len(group.locations) > 3:
+            where += f", +{len(group.locations) - 3} more"
+        message = f"{_what(group)} would {what} (in {where})"
+        reasons = group.reasons.most_common()
+        # A group keeps its first five distinct reasons; the rest are counted together.
+        other = group.count + group.beat - sum(count for _, count in reasons)
+        if len(reasons) == 1 and other <= 0:
+            message += f": {reasons[0][0]}"
+        elif reasons:
+            message += ": " + "; ".join(f"{count} x {reason}" for reason, count in reasons)
+            if other > 0:
+                message += f"; {other} x other reasons"
         task = new.tasks.get(group.task)
         findings.append(
             finding(
@@ -53,6 +92,20 @@ def scan_findings(report: Report, new: Manifest) -> list[Finding]:
                 hint,
                 file=task.file if task else None,
                 line=task.line if task else None,
+                data=group_data(group),
             )
         )
     return findings
+
+
+def unchecked_data(report: Report) -> dict[str, Any]:
+    """What the scan did not read, as plain JSON values (``check --broker``'s ``incomplete``)."""
+    return {
+        "waiting": report.waiting,
+        "unchecked": report.unchecked_count,
+        "unchecked_unknown": report.unchecked_unknown,
+        "locations": [
+            {"location": u.location, "count": u.count, "reason": u.reason, "remedy": u.remedy}
+            for u in report.unchecked
+        ],
+    }

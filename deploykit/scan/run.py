@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from queue import Full, Queue
@@ -21,20 +21,23 @@ from typing import Any
 from deploykit.brokers.base import Broker, StoredPage
 from deploykit.errors import Refused
 from deploykit.fleet.base import Fleet
-from deploykit.manifest.model import BeatEntry, Manifest
+from deploykit.manifest.builtins import builtin_tasks
+from deploykit.manifest.diff import parameter_renames
+from deploykit.manifest.model import BeatEntry, Manifest, Task
 from deploykit.messages import NO_HEADERS
 from deploykit.scan.bind import Param, TaskSpec
 from deploykit.scan.decode import DecodedMessage, TaskCall, _shape_from_repr
-from deploykit.scan.engine import Item, Judge, Report, judge_raw, scan
+from deploykit.scan.engine import Item, Judge, Report, Unchecked, judge_raw, scan
 from deploykit.scan.sources import beat_items, django_beat_items, worker_items
 
 Progress = Callable[[int, float], None]
 
 
-def task_specs(manifest: Manifest) -> dict[str, TaskSpec]:
-    """The scan's view of a manifest: each task's parameters, function name and binding."""
+def task_specs(manifest: Manifest | Mapping[str, Task]) -> dict[str, TaskSpec]:
+    """The scan's view of a manifest (or of tasks by name): parameters, function name, binding."""
+    tasks = manifest.tasks if isinstance(manifest, Manifest) else manifest
     specs = {}
-    for name, task in manifest.tasks.items():
+    for name, task in tasks.items():
         qualname = task.qualname or name.rsplit(".", 1)[-1]
         specs[name] = TaskSpec(
             name=name,
@@ -124,6 +127,23 @@ def read_ahead(pages: Iterator[StoredPage], depth: int = 2) -> Iterator[StoredPa
         reader.join(timeout=5)
 
 
+def build_judge(new: Manifest, old: Manifest | None) -> Judge:
+    """A judge for ``new`` code (plus Celery's built-in tasks, which every worker registers),
+    with ``old`` for misbinding: parameters renamed in place (``PARAM_RENAMED``) bind as before."""
+    renames = {}
+    if old is not None:
+        for name, before in old.tasks.items():
+            after = new.tasks.get(name)
+            pairs = parameter_renames(before, after) if after is not None else {}
+            if pairs:
+                renames[name] = pairs
+    specs = {**task_specs(builtin_tasks()), **task_specs(new)}
+    return Judge(specs, task_specs(old) if old is not None else None, renames)
+
+
+_PEEK = "pass --peek to sample it through the management API (requeues, marks redelivered)"
+
+
 def run_scan(
     *,
     broker: Broker,
@@ -139,30 +159,44 @@ def run_scan(
     oversize: int = 1024 * 1024,
     progress: Progress | None = None,
 ) -> Report:
-    """Judge every waiting message; the report says what was read and what could not be."""
+    """Judge every waiting message; the report says what was read and what could not be.
+
+    Every waiting message the broker reports is accounted for: those not read (a broker without a
+    non-destructive read and no ``peek``, beyond the peek limit, a quorum queue not forced,
+    native delayed-delivery queues, tasks held by workers that did not answer) are recorded in
+    ``report.unchecked`` with their number, why, and how to check them.
+    """
     report = Report(now, oversize)
-    judge = Judge(task_specs(new), task_specs(old) if old is not None else None)
+    judge = build_judge(new, old)
     seen_ids: set[str] = set()
 
     tick = _ticker(report, progress)
     readable: list[str] = []
-    for queue in queues:
+    peeked_queues: dict[str, int] = {}
+    #: Queues not read at all: queue -> (why, how to check).
+    unread: dict[str, tuple[str, str]] = {}
+    queue_names = list(dict.fromkeys(queues))
+    for queue in queue_names:
         try:
             pages = iter(broker.iter_pages(queue))
             first = next(pages, None)
         except Refused:
             if peek is None:
-                report.notes.append(
-                    f"queue {queue} not read: {broker.kind} has no non-destructive read; "
-                    "pass --peek to sample it (RabbitMQ requeues peeked messages and marks them redelivered)"
-                )
+                unread[queue] = (f"{broker.kind} has no non-destructive read", _PEEK)
                 continue
             try:
                 peeked, note = broker.peek_messages(queue, peek.limit, allow_quorum=peek.allow_quorum)
             except Refused as refused:
-                report.notes.append(refused.message)
+                if "quorum" in refused.message:
+                    unread[queue] = (
+                        "a quorum queue, not peeked",
+                        "add --force to --peek (moves them to the back, raises their delivery count)",
+                    )
+                else:
+                    unread[queue] = (refused.message, "read them with the broker's own tools")
                 continue
             report.notes.append(note)
+            peeked_queues[queue] = len(peeked)
             judge_raw(peeked, f"queue:{queue}", judge, report)
             continue
         readable.append(queue)
@@ -175,24 +209,117 @@ def run_scan(
         if isinstance(task_id, str):
             seen_ids.add(task_id)
         judge_raw((raw,), f"unacked:{raw.queue or '?'}", judge, report)
+    existing: set[str] = set()
+    if unread or peeked_queues:
+        existing = _count_unchecked(broker, report, unread, peeked_queues, peek, queue_names)
 
     nodes = list(workers)
     if fleet is not None and nodes:
         replies = fleet.gather({"reserved": {}, "scheduled": {}}, nodes)
         scan(worker_items(replies.by_command, seen_ids), judge, report)
         if replies.missing:
-            report.notes.append(
-                "workers that did not answer (their held tasks are not checked): "
-                + ", ".join(replies.missing)
-            )
+            missing = ", ".join(replies.missing)
+            if type(broker).unacked_messages is not Broker.unacked_messages:
+                # The broker's own unacked store was read (Redis): their held tasks are counted.
+                report.notes.append(
+                    f"workers that did not answer: {missing} (the tasks they hold were read from the broker)"
+                )
+            else:
+                report.unchecked.append(
+                    Unchecked(
+                        "workers",
+                        None,
+                        f"held by workers that did not answer ({missing})",
+                        "retry with a longer --timeout",
+                    )
+                )
     if include_beat:
         if app is not None:
-            scan(beat_items(app), judge, report)
-            django_items, django_note = django_beat_items()
-            scan(django_items, judge, report)
-            if django_note:
-                report.notes.append(django_note)
+            scan_app_beat(app, judge, report)
         else:
             scan(manifest_beat_items(new.beat), judge, report)
-    report.notes.insert(0, f"queues read: {', '.join(readable) if readable else 'none'}")
+    read = ", ".join(readable) if readable else "none"
+    peeked_existing = [queue for queue in peeked_queues if queue in existing]
+    if peeked_existing:
+        read += "; peeked: " + ", ".join(peeked_existing)
+    report.notes.insert(0, f"queues read: {read}")
     return report
+
+
+def _count_unchecked(
+    broker: Broker,
+    report: Report,
+    unread: Mapping[str, tuple[str, str]],
+    peeked: Mapping[str, int],
+    peek: PeekOptions | None,
+    scanned: Iterable[str],
+) -> set[str]:
+    """Record what was not read, with the number the broker reports for each queue; returns the
+    queues the broker has."""
+    stats = broker.queue_stats([*unread, *peeked])
+    # Streams are logs, not task queues: nothing in them waits for a worker.
+    waiting = {
+        row.name: (row.ready if row.exists and row.queue_type != "stream" else 0) for row in stats.queues
+    }
+    for queue, (reason, remedy) in unread.items():
+        if waiting.get(queue) != 0:  # an empty (or absent) queue hides nothing
+            report.unchecked.append(Unchecked(f"queue:{queue}", waiting.get(queue), reason, remedy))
+    for queue, read in peeked.items():
+        ready = waiting.get(queue)
+        left = None if ready is None else max(0, ready - read)
+        if left != 0 and peek is not None:
+            report.unchecked.append(
+                Unchecked(
+                    f"queue:{queue}",
+                    left,
+                    f"beyond --peek-limit {peek.limit}",
+                    f"raise --peek-limit to at least {ready}" if ready is not None else "raise --peek-limit",
+                )
+            )
+    delayed = stats.delayed
+    if delayed is not None and delayed.messages != 0 and not set(delayed.queues) & set(scanned):
+        report.unchecked.append(
+            Unchecked(
+                "delayed:" + ",".join(delayed.queues[:1]) + ("…" if len(delayed.queues) > 1 else ""),
+                delayed.messages,
+                "ETA tasks in RabbitMQ's native delayed-delivery queues, not read",
+                _PEEK.replace("sample it", "sample them"),
+            )
+        )
+    return {row.name for row in stats.queues if row.exists}
+
+
+def _beat_key(item: Item) -> tuple[str, str | None, Any]:
+    """An entry's name, task and call shape: the same entry from two sources counts once."""
+    decoded = item.decoded
+    name = item.location.split(":", 1)[1]
+    if isinstance(decoded, DecodedMessage) and len(decoded.calls) == 1:
+        call = decoded.calls[0]
+        return name, decoded.task_name, (len(call.args), tuple(sorted(call.kwargs)))
+    return name, decoded.task_name, None
+
+
+def scan_app_beat(
+    app: Any,
+    judge: Judge,
+    report: Report,
+    django_rows: Callable[[], tuple[list[Item], str | None]] = django_beat_items,
+) -> None:
+    """The app's ``beat_schedule`` and django-celery-beat's rows (``django_rows``), each entry once.
+
+    django-celery-beat copies ``beat_schedule`` into its table when beat starts, so the same
+    entry is usually in both; it is counted once (a row whose arguments differ is another call).
+    """
+    entries = list(beat_items(app))
+    scan(entries, judge, report)
+    django_items, django_note = django_rows()
+    known = {_beat_key(item) for item in entries}
+    rows = [item for item in django_items if _beat_key(item) not in known]
+    scan(rows, judge, report)
+    if django_note:
+        if django_items:
+            same = len(django_items) - len(rows)
+            django_note = f"{len(django_items)} django-celery-beat periodic task(s) checked"
+            if same:
+                django_note += f" ({same} of them also in beat_schedule, counted once)"
+        report.notes.append(django_note)

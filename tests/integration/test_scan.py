@@ -137,7 +137,10 @@ def test_scan_predicts_what_release_two_really_does(redis_url, start_workers, tm
             target[group["verdict"]] = target.get(group["verdict"], 0) + count
     assert messages == {"runs": 7, "misbound": 3, "fails": 5, "discarded": 2}
     assert beat == {"runs": 1, "fails": 1}
-    assert doc["totals"]["breaking"] == 11
+    # Beat entries are counted apart from messages, once each.
+    assert doc["totals"]["breaking"] == 10 and doc["totals"]["scanned"] == 17
+    assert doc["beat"]["entries"] == 2 and doc["beat"]["breaking"] == 1
+    assert doc["verdict"] == "unsafe" and doc["totals"]["unchecked"] == 0
     by_task = {(g["task"], g["verdict"]): g for g in doc["groups"]}
     assert "channel" in next(iter(by_task[("shop.notify", "fails")]["reasons"]))
     assert by_task[("shop.charge", "misbound")]["count"] == 3
@@ -211,8 +214,13 @@ def test_check_with_broker_adds_waiting_message_findings(redis_url, tmp_path):
     assert waiting == {("WAITING_FAILS", "shop.notify"), ("WAITING_DISCARDED", "shop.legacy_sync")}
     notify = next(f for f in doc["findings"] if f["rule"] == "WAITING_FAILS")
     assert notify["file"].endswith("tests/apps/shop_v2.py") and notify["line"]
-    assert "2 waiting message(s)" in notify["message"]
+    assert "1 waiting message(s) and 1 beat entry" in notify["message"]
+    # The numbers are data, not only prose.
+    assert notify["data"]["count"] == 1 and notify["data"]["beat_entries"] == 1
+    assert notify["data"]["locations"] == {"queue:celery": 1, "beat:hourly-notify": 1}
+    assert len(notify["data"]["sample_ids"]) == 1
     assert any("waiting message(s) checked" in note for note in doc["notes"])
+    assert doc["verdict"] == "failed" and doc["incomplete"] is None
 
 
 def _rabbit_queue(client, vhost: str, name: str) -> dict:
@@ -253,21 +261,27 @@ def test_rabbitmq_queues_are_read_only_with_peek_and_quorum_only_when_forced(
         "-Q",
         "strict",
     ]
-    unread = json.loads(deploykit(*args, env=env).stdout)
-    assert unread["totals"]["scanned"] == 0
-    assert any("pass --peek" in note for note in unread["notes"])
+    not_peeked = deploykit(*args, env=env)
+    assert not_peeked.returncode == 5, not_peeked.stderr  # incomplete: never OK
+    unread = json.loads(not_peeked.stdout)
+    assert unread["totals"]["scanned"] == 0 and unread["verdict"] == "incomplete"
+    assert (unread["totals"]["waiting"], unread["totals"]["unchecked"]) == (4, 4)
+    assert {u["location"]: u["count"] for u in unread["unchecked"]} == {"queue:celery": 3, "queue:strict": 1}
+    assert all("--peek" in u["remedy"] for u in unread["unchecked"])
 
     peeked = deploykit(*args, "--peek", env=env)
-    assert peeked.returncode == 1, peeked.stderr
+    assert peeked.returncode == 1, peeked.stderr  # breaking wins over incomplete
     doc = json.loads(peeked.stdout)
     verdicts = {(g["task"], g["verdict"]) for g in doc["groups"]}
     assert verdicts == {("shop.notify", "fails"), ("shop.charge", "misbound"), ("shop.report", "runs")}
     assert any("requeued in place and marked redelivered" in note for note in doc["notes"])
-    assert any("quorum queue" in note and "--force" in note for note in doc["notes"])
+    assert [(u["location"], u["count"]) for u in doc["unchecked"]] == [("queue:strict", 1)]
+    assert "--force" in doc["unchecked"][0]["remedy"]
 
     forced = json.loads(deploykit(*args, "--peek", "--force", env=env).stdout)
     assert ("shop.legacy_sync", "discarded") in {(g["task"], g["verdict"]) for g in forced["groups"]}
     assert any("moved to the back" in note for note in forced["notes"])
+    assert forced["unchecked"] == [] and forced["totals"]["waiting"] == 4
 
     # Nothing was consumed: the messages are all still there.
     with httpx.Client(base_url="http://127.0.0.1:15672", auth=("guest", "guest")) as client:
@@ -281,6 +295,58 @@ def test_rabbitmq_queues_are_read_only_with_peek_and_quorum_only_when_forced(
                 break
             time.sleep(0.5)
         assert counts == (3, 1)
+
+
+def test_rabbitmq_scan_and_check_never_say_ok_about_unread_messages(rabbitmq_url, tmp_path):
+    """The issue's case: on RabbitMQ without --peek, the app's beat entries all run while 15
+    messages wait unread. Not OK: incomplete (exit 5), in scan and in check --broker; the same
+    beyond --peek-limit."""
+    from celery import Celery
+
+    env = {"DEPLOYKIT_TEST_BROKER": rabbitmq_url}
+    manifest = tmp_path / "v1.json"
+    _snapshot("tests.apps.shop_v1", manifest, env)
+    producer = Celery("producer", broker=rabbitmq_url, set_as_current=False)
+    for i in range(15):
+        producer.send_task("shop.report", args=[i], queue="celery")
+
+    common = ["-A", "tests.apps.shop_v1", "--manifest", str(manifest)]
+    scanned = deploykit("-b", rabbitmq_url, "scan", *common, "--no-workers", "-Q", "celery", env=env)
+    assert scanned.returncode == 5, scanned.stdout + scanned.stderr
+    last = scanned.stdout.strip().splitlines()[-1]
+    assert last.startswith("INCOMPLETE  0 message(s) checked"), last
+    assert "2 beat entries: 2 runs" in last
+    assert "incomplete: 15 of 15 waiting message(s) not checked (15 in queue:celery:" in last
+    assert "pass --peek" in last
+
+    limited = deploykit(
+        "-b",
+        rabbitmq_url,
+        "scan",
+        *common,
+        "--no-workers",
+        "-Q",
+        "celery",
+        "--peek",
+        "--peek-limit",
+        "10",
+        "--json",
+        env=env,
+    )
+    assert limited.returncode == 5, limited.stderr
+    doc = json.loads(limited.stdout)
+    assert (doc["totals"]["scanned"], doc["totals"]["unchecked"], doc["totals"]["waiting"]) == (10, 5, 15)
+    assert "--peek-limit" in doc["unchecked"][0]["remedy"]
+
+    checked = deploykit("-b", rabbitmq_url, "check", *common, "--broker", "--json", env=env)
+    assert checked.returncode == 5, checked.stdout + checked.stderr
+    report = json.loads(checked.stdout)
+    assert report["verdict"] == "incomplete" and report["failed"] is False
+    assert report["incomplete"]["unchecked"] == 15
+    assert report["incomplete"]["summary"].startswith("15 of 15 waiting message(s) not checked")
+    assert {u["location"]: u["count"] for u in report["incomplete"]["locations"]} == {"queue:celery": 15}
+    text = deploykit("-b", rabbitmq_url, "check", *common, "--broker", env=env)
+    assert text.returncode == 5 and "INCOMPLETE: 15 of 15 waiting message(s) not checked" in text.stdout
 
 
 def test_hostile_messages_in_a_real_queue_are_undecidable_never_a_crash(redis_url, tmp_path):

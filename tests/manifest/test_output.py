@@ -73,3 +73,25 @@ def test_gitlab_fingerprints_ignore_wording() -> None:
     reworded = Finding(**{**TRICKY.__dict__, "message": "other words"})
     assert out.fingerprint(reworded) == out.fingerprint(TRICKY)
     assert out.fingerprint(Finding(**{**TRICKY.__dict__, "parameter": "currency"})) != out.fingerprint(TRICKY)
+
+
+def test_an_incomplete_check_is_never_ok_and_failing_findings_still_win() -> None:
+    """check --broker with waiting messages not read: INCOMPLETE in every format, with the data."""
+    import dataclasses
+
+    unread = {"waiting": 36, "unchecked": 15, "unchecked_unknown": False, "locations": []}
+    summary = "15 of 36 waiting message(s) not checked (15 in queue:celery: …; pass --peek …)"
+    report = dataclasses.replace(_report(), command="check", incomplete=summary, unchecked=unread)
+    assert report.verdict == "incomplete" and not report.failed
+    assert out.summary_line(report).endswith(f"INCOMPLETE: {summary}")
+    doc = report.document()
+    assert doc["verdict"] == "incomplete"
+    assert doc["incomplete"] == {"summary": summary, **unread}
+    assert "::warning title=deploykit check%3A incomplete::15 of 36" in out.github(report)
+
+    failing = dataclasses.replace(report, findings=(TRICKY,))
+    assert failing.verdict == "failed"
+    assert "FAILED (--fail-on error); also INCOMPLETE: 15 of 36" in out.summary_line(failing)
+    finding = failing.document()["findings"][0]
+    assert finding["data"] is None
+    assert json.loads(out.to_json(failing))["incomplete"]["unchecked"] == 15

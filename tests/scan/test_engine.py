@@ -172,3 +172,33 @@ def test_beat_entries():
         ("legacy", Verdict.DISCARDED),
     }
     assert report.groups[("report", Verdict.RUNS)].locations == {"beat:nightly": 1}
+
+
+def old_mail(user_mailer_id, subject): ...
+def mail(mailing_profile_id, subject): ...  # renamed in place (PARAM_RENAMED)
+def old_log(level, *args): ...
+def log(level, *values): ...  # *args renamed: extra values still land in it
+
+
+def test_a_parameter_renamed_in_place_binds_positional_values_as_before():
+    old = {"mail": spec("mail", old_mail), "log": spec("log", old_log)}
+    new = {"mail": spec("mail", mail), "log": spec("log", log)}
+    judge = Judge(new, old, renames={"mail": {"user_mailer_id": "mailing_profile_id"}})
+    report = scan(
+        [
+            msg("mail", (7, "hi"), task_id="positional"),
+            msg("mail", (), {"user_mailer_id": 7, "subject": "hi"}, task_id="old-keyword"),
+            msg("mail", (), {"mailing_profile_id": 7, "subject": "hi"}, task_id="new-keyword"),
+            msg("log", ("info", 1, 2), task_id="star"),
+        ],
+        judge,
+        Report(NOW, oversize=1000),
+    )
+    verdicts = {(g.task, g.verdict): g.samples for g in report.groups.values()}
+    assert verdicts == {
+        ("mail", Verdict.RUNS): ["positional", "new-keyword"],
+        ("mail", Verdict.FAILS): ["old-keyword"],
+        ("log", Verdict.RUNS): ["star"],
+    }
+    (reason,) = report.groups[("mail", Verdict.FAILS)].reasons
+    assert "unexpected keyword argument 'user_mailer_id'" in reason

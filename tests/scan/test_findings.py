@@ -51,3 +51,56 @@ def test_breaking_groups_become_findings_and_runs_do_not():
     )
     assert "missing 1 required positional argument: 'channel'" in fails.message
     assert found["WAITING_DISCARDED"].file is None
+
+
+def test_each_reason_keeps_its_own_count_and_the_numbers_are_data():
+    """3 messages fail for two different reasons: both are reported, each with its count, and a
+    pipeline reads the numbers without parsing the message."""
+    from deploykit.messages import NO_HEADERS
+
+    beat = Item(
+        "beat:hourly",
+        NO_HEADERS,
+        None,
+        DecodedMessage(None, "t.notify", (TaskCall("t.notify", (1,), {}),), None),
+    )
+    items = [
+        Item(
+            "queue:celery",
+            StoredHeaders(id="a", eta="2026-11-21T10:00:00+00:00"),
+            10,
+            DecodedMessage("a", "t.notify", (TaskCall("t.notify", (1,), {}),), None),
+        ),
+        Item(
+            "queue:celery",
+            StoredHeaders(id="b", eta="2026-11-21T12:00:00+00:00"),
+            10,
+            DecodedMessage("b", "t.notify", (TaskCall("t.notify", (1,), {}),), None),
+        ),
+        Item(
+            "unacked:celery",
+            StoredHeaders(id="c"),
+            10,
+            DecodedMessage("c", "t.notify", (TaskCall("t.notify", (1, 2, 3), {}),), None),
+        ),
+        beat,
+    ]
+    report = scan(items, Judge(task_specs(NEW)), Report(datetime.now(timezone.utc), 100))
+    (fails,) = scan_findings(report, NEW)
+    assert fails.message.startswith("3 waiting message(s) and 1 beat entry would fail")
+    assert "3 x TypeError: notify() missing 1 required positional argument: 'channel'" in fails.message
+    assert "1 x TypeError: notify() takes 2 positional arguments but 3 were given" in fails.message
+    assert fails.data == {
+        "verdict": "fails",
+        "count": 3,
+        "beat_entries": 1,
+        "locations": {"queue:celery": 2, "unacked:celery": 1, "beat:hourly": 1},
+        "reasons": {
+            "TypeError: notify() missing 1 required positional argument: 'channel'": 3,
+            "TypeError: notify() takes 2 positional arguments but 3 were given": 1,
+        },
+        "sample_ids": ["a", "b", "c"],
+        "earliest_eta": "2026-11-21T10:00:00+00:00",
+        "latest_eta": "2026-11-21T12:00:00+00:00",
+        "expired": 0,
+    }

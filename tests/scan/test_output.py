@@ -49,16 +49,32 @@ def report() -> Report:
 def test_json_document():
     doc = out.document(report(), new="app proj", old=None, broker="redis://h/0")
     assert doc["schema"] == "deploykit.scan/1"
+    # Messages only: the beat entry is counted apart, once.
     assert doc["totals"] == {
-        "runs": 1,
+        "runs": 0,
         "misbound": 0,
         "fails": 12,
         "discarded": 0,
         "undecidable": 1,
-        "scanned": 14,
+        "scanned": 13,
         "breaking": 12,
         "expired": 0,
+        "waiting": 13,
+        "unchecked": 0,
+        "unchecked_unknown": False,
     }
+    assert doc["beat"] == {
+        "runs": 1,
+        "misbound": 0,
+        "fails": 0,
+        "discarded": 0,
+        "undecidable": 0,
+        "entries": 1,
+        "breaking": 0,
+    }
+    assert doc["verdict"] == "unsafe" and doc["unchecked"] == []
+    runs = next(g for g in doc["groups"] if g["verdict"] == "runs")
+    assert (runs["count"], runs["beat_entries"]) == (0, 1)
     first = doc["groups"][0]
     assert (first["task"], first["verdict"], first["count"]) == ("t.notify", "fails", 12)
     assert first["sample_ids"] == ["f0", "f1", "f2"] and first["locations"] == {"queue:celery": 12}
@@ -72,12 +88,12 @@ def test_github_annotations_and_summary(tmp_path, monkeypatch):
     lines: list[str] = []
     out.render_github(report(), lines.append)
     assert lines[0].startswith(
-        "::error title=deploykit scan%3A 12 t.notify message(s) fails::TypeError: notify()"
+        "::error title=deploykit scan%3A 12 message(s) of t.notify fails::TypeError: notify()"
     )
-    assert lines[1].startswith("::warning title=deploykit scan%3A 1 t.notify message(s) undecidable::")
-    assert lines[-1].startswith("deploykit scan: 14 message(s)")
+    assert lines[1].startswith("::warning title=deploykit scan%3A 1 message(s) of t.notify undecidable::")
+    assert lines[-1].startswith("deploykit scan: UNSAFE  13 message(s) checked")
     text = summary.read_text()
-    assert "| `t.notify` | fails | 12 | queue:celery x12 |" in text
+    assert "| `t.notify` | fails | 12 | 0 | queue:celery x12 |" in text
 
 
 def test_text_blocks_worst_first():
@@ -87,6 +103,8 @@ def test_text_blocks_worst_first():
     assert text.index("FAILS") < text.index("UNDECIDABLE") < text.index("RUNS")
     assert "missing 1 required positional argument: 'channel'" in text
     assert "Oversized: 12 message(s) of t.notify exceed 1000 bytes" in text
+    assert "RUNS        t.notify  1 beat entry in beat:nightly x1" in text
     assert text.rstrip().endswith(
-        "UNSAFE  14 message(s): 1 runs, 0 misbound, 12 fails, 0 discarded, 1 undecidable"
+        "UNSAFE  13 message(s) checked: 0 runs, 0 misbound, 12 fails, 0 discarded, 1 undecidable; "
+        "1 beat entry: 1 runs"
     )
