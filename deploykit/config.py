@@ -187,12 +187,13 @@ def resolve_settings(
     app = None
     app_options: dict[str, Any] = {}
     if app_spec and (need_app or broker is None) and load_app is not None:
+        from deploykit.userapp import read_broker_settings
+
         app = load_app(app_spec)
-        conf = app.conf
-        if broker is None and conf.broker_url:
-            broker = str(conf.broker_url)
+        app_broker, app_options = read_broker_settings(app)  # user settings: read under the guard
+        if broker is None and app_broker:
+            broker = app_broker
             sources["broker"] = "app"
-        app_options = dict(conf.broker_transport_options or {})
     if broker is None and environ.get("CELERY_BROKER_URL"):
         broker = environ["CELERY_BROKER_URL"]
         sources["broker"] = "CELERY_BROKER_URL"

@@ -88,11 +88,17 @@ def merged_flags(
     )
 
 
-def resolve(flags: CliFlags, *, need_app: bool = False) -> tuple[Settings, Any]:
-    """Resolve settings (importing the app only when needed)."""
+def load_user_app(spec: str) -> Any:
+    """Load the app as a worker does (:func:`deploykit.userapp.load_app`), the same way for every
+    command; what went wrong quietly while loading (a signal handler that raised) is a warning."""
     from deploykit.userapp import load_app
 
-    return resolve_settings(flags, load_app=load_app, need_app=need_app)
+    return load_app(spec, warn=warn)
+
+
+def resolve(flags: CliFlags, *, need_app: bool = False) -> tuple[Settings, Any]:
+    """Resolve settings (importing the app only when needed)."""
+    return resolve_settings(flags, load_app=load_user_app, need_app=need_app)
 
 
 #: typer's control flow (``typer.Exit``, ``typer.Abort``, click's usage errors), never a bug. Newer

@@ -1,18 +1,19 @@
 """Build a :class:`~deploykit.manifest.model.Manifest` from a live Celery app.
 
-The app is imported by :func:`deploykit.userapp.load_app` (the only place deploykit imports user
-code); then, like a worker, ``app.loader.import_default_modules()`` imports every task module:
-``imports``/``include`` and the lazy ``autodiscover_tasks()`` packages, which for Django projects
-(the fixup is active when ``DJANGO_SETTINGS_MODULE`` is set) also runs ``django.setup()`` first.
-Any exception raised by user code becomes a :class:`~deploykit.errors.UsageError` (exit 2).
+The app is imported and set up as a worker does by :mod:`deploykit.userapp` (configuration,
+``django.setup()``, ``app.loader.import_default_modules()``, finalize): the only place deploykit
+runs user code. Any exception raised by user code becomes a :class:`~deploykit.errors.UsageError`
+(exit 2); errors Celery swallows (a signal handler that raises) are reported as warnings.
 
 Signatures come from ``inspect.signature(task.run)`` — not Celery's ``__header__``, which ignores
-``functools.wraps``, loses ``/`` and does not exist for class-based tasks
-(shared/docs/celery-internals.md §6.3).
+``functools.wraps``, loses ``/`` and does not exist for class-based tasks. Default values and beat
+arguments are recorded as :func:`~deploykit.userapp.safe_repr` text: plain values as ``repr()``,
+anything whose ``repr`` could run user code (a lazy translation) as ``<module.Type object>``.
 """
 
 from __future__ import annotations
 
+import enum
 import inspect
 import linecache
 import re
@@ -21,9 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.errors import UsageError
+from deploykit.manifest.locations import SourcePaths
 from deploykit.manifest.model import OPTION_NAMES, BeatEntry, Manifest, Parameter, Scalar, Task
+from deploykit.userapp import guarded, safe_repr
+
+__all__ = ["collect_app", "safe_repr", "snapshot"]
 
 _ADDRESS = re.compile(r"\s+at 0x[0-9a-fA-F]+")
+_ANNOTATION_MODULES = ("typing", "typing_extensions", "builtins", "collections.abc", "types")
 #: ``# deploykit: ignore[RULE_A, RULE_B]``; a bare ``# deploykit: ignore`` suppresses every rule.
 IGNORE_COMMENT = re.compile(r"#\s*deploykit:\s*ignore(?:\[(?P<rules>[^\]]*)\])?", re.IGNORECASE)
 _DEF = re.compile(r"^\s*(?:async\s+)?def\s")
@@ -31,49 +37,15 @@ _DEF = re.compile(r"^\s*(?:async\s+)?def\s")
 _HEADER_SCAN_LINES = 60
 
 
-def describe(exc: BaseException) -> str:
-    from deploykit.userapp import _describe
-
-    return _describe(exc)
-
-
-def _stable_repr(value: Any, depth: int = 0) -> str:
-    # Set order depends on PYTHONHASHSEED: sort the members' reprs so the manifest stays stable.
-    if depth < 20:
-        if type(value) in (set, frozenset):
-            members = sorted(_stable_repr(v, depth + 1) for v in value)
-            if not members:
-                return repr(value)
-            inner = "{" + ", ".join(members) + "}"
-            return inner if type(value) is set else f"frozenset({inner})"
-        if type(value) in (list, tuple) and any(
-            type(v) in (set, frozenset, list, tuple, dict) for v in value
-        ):
-            items = [_stable_repr(v, depth + 1) for v in value]
-            if type(value) is list:
-                return "[" + ", ".join(items) + "]"
-            return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
-        if type(value) is dict and any(
-            type(v) in (set, frozenset, list, tuple, dict) for v in value.values()
-        ):
-            return "{" + ", ".join(f"{k!r}: {_stable_repr(v, depth + 1)}" for k, v in value.items()) + "}"
-    return repr(value)
-
-
-def safe_repr(value: Any) -> str:
-    """``repr(value)`` without memory addresses or set ordering (stable across runs), never raising."""
-    try:
-        text = _stable_repr(value)
-    except Exception:
-        text = f"<{type(value).__name__}>"
-    return _ADDRESS.sub("", text)
-
-
 def _annotation_text(annotation: Any) -> str | None:
     if annotation is inspect.Parameter.empty:
         return None
-    if isinstance(annotation, str):
+    if type(annotation) is str:
         return annotation
+    # Classes and typing constructs format without user code; anything else is a user object.
+    kind = type(annotation)
+    if not (issubclass(kind, type) or kind.__module__ in _ANNOTATION_MODULES):
+        return safe_repr(annotation)
     try:
         return _ADDRESS.sub("", inspect.formatannotation(annotation))
     except Exception:
@@ -102,30 +74,24 @@ def parameters_of(func: Any) -> tuple[Parameter, ...]:
 
 
 def _scalar(value: Any) -> Scalar:
-    if value is None or isinstance(value, (str, bool, int)):
-        return value
-    if isinstance(value, float) and value == value and value not in (float("inf"), float("-inf")):
-        return value
+    kind = type(value)  # not isinstance(): it asks a lazy object for its __class__, evaluating it
+    if value is None or kind in (str, bool, int):
+        return value  # type: ignore[no-any-return]
+    if kind is float and value == value and value not in (float("inf"), float("-inf")):
+        return value  # type: ignore[no-any-return]
+    if issubclass(kind, enum.Enum):  # an IntEnum/StrEnum option is recorded as its value
+        inner = vars(value).get("_value_")
+        if type(inner) in (str, bool, int):
+            return inner  # type: ignore[no-any-return]
+    elif issubclass(kind, str):
+        return str.__str__(value)
+    elif issubclass(kind, int) and not issubclass(kind, bool):
+        return int.__int__(value)
     return safe_repr(value)
 
 
-class _Paths:
-    """Source files relative to the project root, resolved once per file."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root.resolve()
-        self._cache: dict[str, str | None] = {}
-
-    def relative(self, filename: str) -> str | None:
-        if filename not in self._cache:
-            result: str | None = None
-            if filename and not filename.startswith("<"):
-                try:
-                    result = Path(filename).resolve().relative_to(self.root).as_posix()
-                except (ValueError, OSError):
-                    result = None
-            self._cache[filename] = result
-        return self._cache[filename]
+# Manifest locations (project-relative, or package-relative for installed code): see that module.
+_Paths = SourcePaths
 
 
 def ignored_rules(lines: Iterable[str]) -> tuple[str, ...]:
@@ -276,39 +242,33 @@ def generator_versions() -> dict[str, str]:
 
 
 def collect_app(app: Any, root: Path) -> Manifest:
-    """The manifest of an app whose task modules are already imported."""
-    try:
-        registry = app.tasks  # finalizes the app: evaluates pending (shared_)task decorators
+    """The manifest of an app already set up (:func:`deploykit.userapp.prepare_app`)."""
+    with guarded("cannot collect the app's tasks"):
+        registry = app.tasks  # finalizes the app if it was not: evaluates pending task decorators
         names = sorted(name for name in registry if not name.startswith("celery."))
         paths = _Paths(root)
         tasks = {name: task_entry(app, registry[name], paths) for name in names}
         beat = beat_entries(app, registry)
-    except UsageError:
-        raise
-    except Exception as exc:
-        raise UsageError(f"cannot collect the app's tasks: {describe(exc)}") from None
     return Manifest(tasks=tasks, beat=beat, generator=generator_versions())
 
 
-def import_task_modules(app: Any) -> None:
-    """Import every module a worker would (``imports``, ``include``, autodiscovery, Django setup)."""
-    try:
-        app.loader.import_default_modules()
-    except BaseException as exc:  # user code can raise anything, SystemExit included
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        raise UsageError(f"cannot import the app's task modules: {describe(exc)}") from None
-
-
 def snapshot(app_spec: str | None, root: Path | None = None, *, app: Any = None) -> Manifest:
-    """Import the app named by ``app_spec`` (or use ``app``), load its task modules, collect."""
+    """Load the app named by ``app_spec`` (or set up ``app``) as a worker does, and collect."""
+    from deploykit.userapp import load_app, prepare_app
+
     if app is None:
         if not app_spec:
             raise UsageError(
                 "no Celery app given: use -A MODULE[:ATTR] (or DEPLOYKIT_APP, [tool.deploykit] app)"
             )
-        from deploykit.userapp import load_app
-
         app = load_app(app_spec)
-    import_task_modules(app)
+    else:
+        prepare_app(app)  # a no-op for an app deploykit.userapp.load_app returned
     return collect_app(app, root if root is not None else Path.cwd())
+
+
+def import_task_modules(app: Any) -> None:
+    """Set the app up as a worker does (see :func:`deploykit.userapp.prepare_app`)."""
+    from deploykit.userapp import prepare_app
+
+    prepare_app(app)
