@@ -21,7 +21,6 @@ from deploykit.doctor.model import (
     QueueDef,
     TaskPolicy,
 )
-from deploykit.errors import UsageError
 from deploykit.fleet.base import Fleet
 
 #: Task attributes asked from every worker (``inspect registered``), so per-task overrides count.
@@ -30,17 +29,39 @@ _REGISTERED = re.compile(r"^(\S+)(?: \[(.*)\])?$")
 _ATTRIBUTE = re.compile(r"(\w+)=(\S+)")
 
 
+#: Every setting doctor's checks read, by its new-style name. Only these are read from the app
+#: (never the whole configuration: with ``config_from_object("django.conf:settings")`` that holds
+#: every Django setting, lazy translations included).
+AUDITED_SETTINGS = (
+    "accept_content",
+    "broker_transport_options",
+    "event_serializer",
+    "result_accept_content",
+    "result_backend",
+    "result_serializer",
+    "task_acks_late",
+    "task_reject_on_worker_lost",
+    "task_retry_on_worker_lost",
+    "task_serializer",
+    "task_soft_time_limit",
+    "task_time_limit",
+    "worker_detect_quorum_queues",
+    "worker_disable_prefetch",
+    "worker_enable_soft_shutdown_on_idle",
+    "worker_eta_task_limit",
+    "worker_prefetch_multiplier",
+    "worker_soft_shutdown_timeout",
+)
+
+
 def plain(value: Any) -> Any:
-    """Settings as JSON-like data, comparable with what workers report through ``conf``."""
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (set, frozenset)):
-        return sorted(plain(v) for v in value)
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return repr(value)
+    """Settings as JSON-like data, comparable with what workers report through ``conf``.
+
+    Anything else is shown by type only (:func:`deploykit.userapp.safe_repr`), never evaluated.
+    """
+    from deploykit.userapp import plain_value
+
+    return plain_value(value)
 
 
 def _defaults() -> dict[str, Any]:
@@ -50,11 +71,20 @@ def _defaults() -> dict[str, Any]:
 
 
 def _new_key(key: str) -> str:
+    """A setting's new-style name: old names are converted; a ``CELERY_`` namespace (Django's
+    ``config_from_object(..., namespace="CELERY")``, as a worker reports it) is dropped."""
+    from celery.app.defaults import DEFAULTS
+
     try:
         from celery.app.defaults import _TO_NEW_KEY
     except ImportError:  # pragma: no cover - private name moved
-        return key.lower()
-    return str(_TO_NEW_KEY.get(key, key)).lower()
+        _TO_NEW_KEY = {}
+    if key in _TO_NEW_KEY:
+        return str(_TO_NEW_KEY[key]).lower()
+    lower = key.lower()
+    if lower not in DEFAULTS and lower.startswith("celery_") and lower[len("celery_") :] in DEFAULTS:
+        return lower[len("celery_") :]
+    return lower
 
 
 def _normalise(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,27 +107,36 @@ def _float_or_none(value: Any) -> float | None:
         return None
 
 
+def _task_option(task: Any, name: str) -> Any:
+    """A task's option if it is plain data (a user property or object is not evaluated)."""
+    value = getattr(task, name, None)
+    return value if value is None or type(value) in (bool, int, float, str) else None
+
+
 def source_from_app(app: Any) -> ConfigSource:
-    """The app's own settings and tasks (call this before anything edits ``app.conf``)."""
-    conf = app.conf
-    explicit = frozenset(_normalise(conf.table(with_defaults=False)))
-    settings = {**_defaults(), **_normalise(plain(conf.table(with_defaults=True)))}
+    """The app's audited settings and its tasks' options.
+
+    ``app`` is already set up as a worker does (:func:`deploykit.userapp.load_app`): only the
+    :data:`AUDITED_SETTINGS` are read, following the app's namespace (``CELERY_TASK_ACKS_LATE``).
+    Call this before anything edits ``app.conf``.
+    """
+    from deploykit.userapp import guarded, prepare_app, read_settings
+
+    prepare_app(app)
+    values, explicit = read_settings(app, AUDITED_SETTINGS)
+    settings = {**_defaults(), **{key: plain(value) for key, value in values.items()}}
     tasks = []
-    try:
-        # Like a worker: import the task modules (``include``/``imports``, autodiscovery).
-        app.loader.import_default_modules()
-    except Exception as exc:
-        raise UsageError(f"importing the app's task modules failed: {type(exc).__name__}: {exc}") from None
-    for name, task in sorted(app.tasks.items()):
-        tasks.append(
-            TaskPolicy(
-                name=str(name),
-                acks_late=_bool_or_none(getattr(task, "acks_late", None)),
-                reject_on_worker_lost=_bool_or_none(getattr(task, "reject_on_worker_lost", None)),
-                time_limit=_float_or_none(getattr(task, "time_limit", None)),
-                soft_time_limit=_float_or_none(getattr(task, "soft_time_limit", None)),
+    with guarded("cannot read the app's task options"):
+        for name, task in sorted(app.tasks.items()):
+            tasks.append(
+                TaskPolicy(
+                    name=str(name),
+                    acks_late=_bool_or_none(_task_option(task, "acks_late")),
+                    reject_on_worker_lost=_bool_or_none(_task_option(task, "reject_on_worker_lost")),
+                    time_limit=_float_or_none(_task_option(task, "time_limit")),
+                    soft_time_limit=_float_or_none(_task_option(task, "soft_time_limit")),
+                )
             )
-        )
     return ConfigSource("app", settings, explicit, tuple(tasks))
 
 
@@ -139,6 +178,7 @@ def _queue_type(arguments: Any) -> str | None:
 
 
 def queue_defs_from_app(app: Any) -> list[QueueDef]:
+    """The queues the app declares (after its setup: ``AppConfig.ready()`` may declare them)."""
     defs = []
     try:
         queues = list(app.amqp.queues.values())
