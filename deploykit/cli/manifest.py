@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from deploykit.cli import app
-from deploykit.cli.common import AppOpt, JsonOpt, emit_json, handle_errors, merged_flags
+from deploykit.cli.common import AppOpt, JsonOpt, emit_json, handle_errors, load_user_app, merged_flags
 from deploykit.config import CliFlags, Settings, resolve_settings
 from deploykit.errors import ExitCode, UnsafeError, UsageError
 
@@ -79,9 +79,7 @@ ManifestOpt = Annotated[
 
 
 def _settings(flags: CliFlags, *, need_app: bool) -> tuple[Settings, Any]:
-    from deploykit.userapp import load_app
-
-    return resolve_settings(flags, load_app=load_app if need_app else None, need_app=need_app)
+    return resolve_settings(flags, load_app=load_user_app if need_app else None, need_app=need_app)
 
 
 def _root(settings: Settings) -> Path:
@@ -267,6 +265,7 @@ def snapshot(
     from deploykit.manifest import model
     from deploykit.manifest.check import staleness
     from deploykit.manifest.collect import snapshot as collect
+    from deploykit.userapp import load_warnings
 
     with handle_errors():
         flags = merged_flags(ctx, app_)
@@ -278,6 +277,7 @@ def snapshot(
             if str(path) == "-":
                 raise UsageError("--check needs a file, not '-'")
             state = staleness(path, manifest)
+            problems = load_warnings(user_app)
             if json_:
                 emit_json(
                     {
@@ -291,11 +291,15 @@ def snapshot(
                         "removed": list(state.removed),
                         "changed": list(state.changed),
                         "beat_changed": state.beat_changed,
+                        "beat_added": list(state.beat_added),
+                        "beat_removed": list(state.beat_removed),
+                        "beat_modified": list(state.beat_modified),
+                        "load_warnings": list(problems),
                         **counts,
                     }
                 )
             if state.stale:
-                raise UnsafeError(state.describe())
+                raise UnsafeError(state.describe(load_errors=len(problems)))
             if not json_:
                 typer.echo(f"{path} is up to date ({counts['tasks']} tasks, {counts['beat']} beat entries)")
             return

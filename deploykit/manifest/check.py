@@ -197,22 +197,38 @@ class Staleness:
     removed: tuple[str, ...] = ()
     changed: tuple[str, ...] = ()
     beat_changed: bool = False
+    #: Beat entries by name: new in the code, gone from it, or with other task/args/schedule/queue.
+    beat_added: tuple[str, ...] = ()
+    beat_removed: tuple[str, ...] = ()
+    beat_modified: tuple[str, ...] = ()
     #: The file describes the code but was written differently (other versions, formatting).
     reformatted: bool = False
 
-    def describe(self) -> str:
+    def describe(self, load_errors: int = 0) -> str:
+        """One line; ``load_errors``: errors while loading the app, which may explain the change."""
         if not self.exists:
             return f"{self.path} does not exist: run `deploykit manifest snapshot` and commit it"
         if not self.stale:
             return f"{self.path} is up to date"
         parts = []
-        for label, names in (("added", self.added), ("removed", self.removed), ("changed", self.changed)):
+        for label, names in (
+            ("tasks added", self.added),
+            ("tasks removed", self.removed),
+            ("tasks changed", self.changed),
+            ("beat entries added", self.beat_added),
+            ("beat entries removed", self.beat_removed),
+            ("beat entries changed", self.beat_modified),
+        ):
             if names:
                 shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
                 parts.append(f"{label}: {shown}")
-        if self.beat_changed:
-            parts.append("beat schedule changed")
-        return f"{self.path} is stale ({'; '.join(parts)}): run `deploykit manifest snapshot` and commit it"
+        if self.beat_changed and not (self.beat_added or self.beat_removed or self.beat_modified):
+            parts.append("beat schedule reordered")
+        fix = "run `deploykit manifest snapshot` and commit it"
+        if load_errors:
+            # A handler that raised while loading (no database in CI) quietly drops what it adds.
+            fix = f"first check the {load_errors} error(s) while loading the app (warned above), then {fix}"
+        return f"{self.path} is stale ({'; '.join(parts)}): {fix}"
 
 
 def staleness(path: Path, current: model.Manifest) -> Staleness:
@@ -230,6 +246,8 @@ def staleness(path: Path, current: model.Manifest) -> Staleness:
     changed = tuple(
         sorted(n for n in set(current.tasks) & set(committed.tasks) if current.tasks[n] != committed.tasks[n])
     )
+    old_beat = {e.name: e.key() for e in committed.beat}
+    new_beat = {e.name: e.key() for e in current.beat}
     return Staleness(
         path=str(path),
         exists=True,
@@ -238,4 +256,7 @@ def staleness(path: Path, current: model.Manifest) -> Staleness:
         removed=removed,
         changed=changed,
         beat_changed={e.key() for e in committed.beat} != {e.key() for e in current.beat},
+        beat_added=tuple(sorted(set(new_beat) - set(old_beat))),
+        beat_removed=tuple(sorted(set(old_beat) - set(new_beat))),
+        beat_modified=tuple(sorted(n for n in set(old_beat) & set(new_beat) if old_beat[n] != new_beat[n])),
     )
