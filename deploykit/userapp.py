@@ -64,41 +64,55 @@ _prepared: weakref.WeakKeyDictionary[Any, tuple[str, ...]] = weakref.WeakKeyDict
 
 # --------------------------------------------------------------------------------------------
 # describing exceptions and values without running user code
-def _library_dirs() -> tuple[str, ...]:
+_DEPLOYKIT_DIR = str(pathlib.Path(__file__).resolve().parent) + os.sep
+
+
+def _stdlib_dirs() -> tuple[str, ...]:
     paths = sysconfig.get_paths()
     return tuple(os.path.realpath(paths[key]) + os.sep for key in ("stdlib", "platstdlib") if key in paths)
 
 
-def _is_library_file(filename: str, library_dirs: tuple[str, ...]) -> bool:
-    if filename.startswith("<"):
-        return True
-    real = os.path.realpath(filename)
-    if real.startswith(library_dirs) and "site-packages" not in real:
-        return True
+def _installed_package(real: str) -> str | None:
+    """The top-level package of a file under ``site-packages``/``dist-packages`` (else ``None``)."""
     parts = pathlib.PurePath(real).parts
-    return any(
-        parts[i] in ("site-packages", "dist-packages") and parts[i + 1] in _LIBRARY_PACKAGES
-        for i in range(len(parts) - 1)
-    ) or (len(parts) > 1 and parts[-2] == "deploykit")
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] in ("site-packages", "dist-packages"):
+            return parts[i + 1]
+    return None
+
+
+def _frame_rank(filename: str, cwd: str, stdlib: tuple[str, ...]) -> int:
+    """How likely a frame is the user's own line: 3 the project (cwd), 2 other code outside the
+    installed packages, 1 an installed package (an app installed from a wheel, or a client library
+    it called), 0 the stdlib, Celery, Django and deploykit."""
+    if filename.startswith("<"):
+        return 0
+    real = os.path.realpath(filename)
+    package = _installed_package(real)
+    if real.startswith(_DEPLOYKIT_DIR) or package in _LIBRARY_PACKAGES:
+        return 0
+    if package is not None:
+        return 1
+    if real.startswith(stdlib):
+        return 0
+    return 3 if real.startswith(cwd) else 2
 
 
 def _where(exc: BaseException) -> str:
-    """``path:line`` of the deepest frame in user code (not the stdlib, Celery, Django, deploykit)."""
+    """`` (path:line)`` of the user's line: the deepest frame of the best rank (see :func:`_frame_rank`)."""
     if isinstance(exc, SyntaxError) and isinstance(exc.filename, str):  # where the bad source is
         frames = [traceback.FrameSummary(exc.filename, exc.lineno or 0, "")]
     else:
         frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return ""
-    library_dirs = _library_dirs()
-    chosen = next((f for f in reversed(frames) if not _is_library_file(f.filename, library_dirs)), None)
-    if chosen is None:
+    cwd = os.path.realpath(os.getcwd()) + os.sep  # noqa: PTH109 - string paths throughout
+    stdlib = _stdlib_dirs()
+    ranked = [(_frame_rank(f.filename, cwd, stdlib), index, f) for index, f in enumerate(frames)]
+    best = max(ranked, default=None, key=lambda item: (item[0], item[1]))
+    if best is None or best[0] == 0:
         return ""  # raised by a library (a module not found): the message says it all
-    path = chosen.filename
-    if not path.startswith("<"):
-        relative = os.path.relpath(path)
-        path = path if relative.startswith("..") else relative
-    return f" ({path}:{chosen.lineno})"
+    path = best[2].filename
+    relative = os.path.relpath(path)
+    return f" ({path if relative.startswith('..') else relative}:{best[2].lineno})"
 
 
 def _first_line(text: str) -> str:

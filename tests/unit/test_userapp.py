@@ -327,3 +327,18 @@ def test_plain_value_keeps_data_and_names_objects():
         "c": f"<{__name__}._Lazy object>",
     }
     assert _Lazy.evaluated == before
+
+
+def test_error_location_prefers_the_project_over_an_installed_client(project, tmp_path, monkeypatch):
+    # A client library raises inside site-packages: the line to show is the project's call.
+    site = tmp_path / "venv" / "site-packages"
+    (site / "dkfakeclient").mkdir(parents=True)
+    (site / "dkfakeclient" / "__init__.py").write_text(
+        "def connect():\n    raise ConnectionRefusedError('connection refused')\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    project("dkbad_client", "import dkfakeclient\n\nCACHE = dkfakeclient.connect()\n")
+    with pytest.raises(UsageError) as info:
+        load_app("dkbad_client")
+    assert info.value.message.endswith("ConnectionRefusedError: connection refused (dkbad_client.py:3)")
+    sys.modules.pop("dkfakeclient", None)
