@@ -418,7 +418,10 @@ class _LoadWatch(logging.Handler):
         dispatch.Signal.send = send
         root = logging.getLogger()
         try:
-            yield
+            # What the app prints while it loads ("You are running pretalx as root, why?", a
+            # connectivity check's report) must not corrupt our stdout (--json, `snapshot -o -`).
+            with contextlib.redirect_stdout(sys.stderr):
+                yield
         finally:
             dispatch.Signal.send = original
             root.removeHandler(self)

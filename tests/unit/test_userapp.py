@@ -342,3 +342,22 @@ def test_error_location_prefers_the_project_over_an_installed_client(project, tm
         load_app("dkbad_client")
     assert info.value.message.endswith("ConnectionRefusedError: connection refused (dkbad_client.py:3)")
     sys.modules.pop("dkfakeclient", None)
+
+
+def test_what_the_app_prints_while_loading_goes_to_stderr(project, capsys):
+    project(
+        "dkprints",
+        """
+        print("You are running this app as root, why?")
+        from celery import Celery
+        app = Celery("p", broker="memory://", set_as_current=False)
+
+        @app.on_after_finalize.connect
+        def report(sender, **kwargs):
+            print("connectivity: ok")
+        """,
+    )
+    load_app("dkprints")
+    captured = capsys.readouterr()
+    assert captured.out == ""  # stdout is for --json documents and `snapshot -o -`
+    assert "You are running this app as root, why?\nconnectivity: ok\n" in captured.err
