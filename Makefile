@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 OLDEST := .venv-oldest
 # The oldest Celery/kombu this project claims to support (pyproject.toml); `make test` runs the
 # broker, fleet and inspection tests on them too.
-OLDEST_PINS := celery==5.3.6 kombu==5.3.4
+OLDEST_PINS := celery==5.3.0 kombu==5.3.0 amqp==5.1.1 typer==0.12.4 click==8.1.7 rich==10.11.0 httpx==0.23.1 msgspec==0.13.1 redis==4.5.4
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-newest test-oldest lint format bench clean

@@ -26,7 +26,7 @@ def loads_json(data: bytes | str) -> Any:
     """
     try:
         return _decode_json(data)
-    except ValueError:
+    except (ValueError, msgspec.DecodeError):  # DecodeError is a ValueError from msgspec 0.21 on
         return json.loads(data)
 
 

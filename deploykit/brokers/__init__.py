@@ -27,6 +27,9 @@ def open_broker(settings: Settings) -> Broker:
     parsed = parse_broker_url(url)
     scheme = parsed.scheme
     options = dict(settings.transport_options)
+    from deploykit.brokers.clients import require_client_libraries
+
+    require_client_libraries(url, scheme, mask_url(url) or "", options)
     if parsed.kind == "redis":
         from deploykit.brokers.redis import RedisBroker
 

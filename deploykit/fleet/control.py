@@ -215,6 +215,8 @@ def translate_broker_error(exc: BaseException, display_url: str) -> DeploykitErr
     scrub = Redactor()
     text = scrub(str(exc)) or type(exc).__name__
     name = type(exc).__name__
+    if name == "VersionMismatch":  # kombu: the installed client library is too old or too new for it
+        return UsageError(f"broker {display_url}: {text} (install the client version this kombu supports)")
     lowered = text.lower()
     if (
         "access_refused" in lowered

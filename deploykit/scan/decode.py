@@ -266,7 +266,7 @@ def plain_call_shape(message: RawMessage) -> Shape | None:
         return None
     try:
         args, kwargs, embed = _decode_v2_body(message.body)
-    except ValueError:
+    except (ValueError, msgspec.DecodeError):  # DecodeError is a ValueError from msgspec 0.21 on
         return None
     if embed is not None and (embed.callbacks or embed.errbacks or embed.chain or embed.chord):
         return None
