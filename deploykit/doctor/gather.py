@@ -314,7 +314,11 @@ def gather_audit(
     queues = collect_queues(broker, fleet_view, [d.name for d in app_queue_defs])
     all_notes.extend(queues.notes)
     unacked = list(broker.unacked_messages())
-    scheduled = collect_scheduled(broker, fleet_view, now, unacked=unacked, delayed=queues.delayed)
+    # ETA tasks still in their queues count too: no worker has taken them yet, but the first one
+    # to do so holds them unacknowledged until they are due.
+    scheduled = collect_scheduled(
+        broker, fleet_view, now, unacked=unacked, delayed=queues.delayed, queues=queues.queues
+    )
     broker_settings = broker.settings()
     report = broker.queue_stats([row.name for row in queues.queues if row.exists])
     policies: Mapping[str, Any] = {}

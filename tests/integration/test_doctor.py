@@ -148,3 +148,22 @@ def test_rabbitmq_quorum_on_direct_exchange_and_held_eta(rabbitmq_url: str, star
     assert held["level"] == "error" and held["where"] == ["queue celery"] and "qq@dk" in held["why"]
     assert "confirm-publish-off" in found
     assert not any("policies not read" in note for note in json.loads(result.stdout)["notes"])
+
+
+def test_eta_task_waiting_in_a_queue_no_worker_took_is_audited(redis_url: str) -> None:
+    """No worker runs: the countdown task waits in its queue, and whichever worker takes it
+    holds it unacknowledged for 10 minutes, past the 60 s visibility timeout."""
+    from celery import Celery
+
+    env = app_env(redis_url, RISKY)
+    producer = Celery("producer", broker=redis_url, set_as_current=False)
+    producer.send_task("tests.apps.configurable.add", args=[1, 2], countdown=600)
+    producer.close()
+
+    result = deploykit("doctor", "-A", APP, "--json", env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    found = findings(result)
+    vt = found["visibility-timeout-below-eta"]
+    assert vt["level"] == "error" and vt["where"] == ["app"]
+    assert "shorter than the longest ETA waiting" in vt["title"]
+    assert "soft-shutdown-off-with-eta" in found
