@@ -47,3 +47,10 @@ def builtin_tasks() -> Mapping[str, Task]:
 def is_builtin(name: str) -> bool:
     """True for a task name Celery itself registers on every worker."""
     return name in builtin_tasks()
+
+
+def is_builtin_task(name: str, task: object) -> bool:
+    """True for ``task``, registered as ``name`` in an app, when it is Celery's own built-in (not
+    the app's code): the name is a built-in's and Celery defined it. A task of the app's that is
+    merely named ``celery.…`` (or replaces a built-in) is the app's code, and in its manifest."""
+    return is_builtin(name) and type(task).__module__ == BUILTINS_MODULE

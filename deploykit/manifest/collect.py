@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.errors import UsageError
+from deploykit.manifest.builtins import is_builtin_task
 from deploykit.manifest.locations import SourcePaths
 from deploykit.manifest.model import OPTION_NAMES, BeatEntry, Manifest, Parameter, Scalar, Task
 from deploykit.userapp import guarded, safe_repr
@@ -245,7 +246,7 @@ def collect_app(app: Any, root: Path) -> Manifest:
     """The manifest of an app already set up (:func:`deploykit.userapp.prepare_app`)."""
     with guarded("cannot collect the app's tasks"):
         registry = app.tasks  # finalizes the app if it was not: evaluates pending task decorators
-        names = sorted(name for name in registry if not name.startswith("celery."))
+        names = sorted(name for name, task in registry.items() if not is_builtin_task(name, task))
         paths = _Paths(root)
         tasks = {name: task_entry(app, registry[name], paths) for name in names}
         beat = beat_entries(app, registry)

@@ -315,6 +315,12 @@ CASES: list[tuple[str, str, str, list[str]]] = [
         [],
     ),
     (
+        "the app's own task named celery.* removed (not one of Celery's built-ins)",
+        BASE + "@app.task(name='celery.mine')\ndef mine():\n    pass\n",
+        BASE,
+        ["TASK_REMOVED:error"],
+    ),
+    (
         "new beat entry naming a task that does not exist",
         BASE,
         BASE + "app.conf.beat_schedule = {'p': {'task': 'proj.tasks.typo', 'schedule': 5.0}}\n",
@@ -470,3 +476,12 @@ def test_findings_state_the_consequence_per_calling_shape(
         assert fragment in item.message, item.message
     for fragment in never:
         assert fragment not in item.message, item.message
+
+
+def test_manifest_leaves_out_celery_builtins_only(build) -> None:
+    """Celery's own built-ins are not the app's code; the app's tasks named celery.* are."""
+    from deploykit.manifest.builtins import builtin_tasks
+
+    manifest = build("new", "@app.task(name='celery.mine')\ndef mine():\n    pass\n")
+    assert "celery.mine" in manifest.tasks
+    assert not set(builtin_tasks()) & set(manifest.tasks)
