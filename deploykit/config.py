@@ -9,6 +9,7 @@ the same order, so a project can override one Redis option and keep the app's ot
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -31,14 +32,26 @@ else:  # pragma: no cover - exercised on 3.10 only
 ENV_PREFIX = "DEPLOYKIT_"
 DEFAULT_TIMEOUT = 1.0
 
+#: Longer is a typo, and would overflow what the clock, Redis TTLs and sleeps accept.
+MAX_DURATION = 10 * 365.25 * 86400
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+def _short_repr(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error message stays one readable line."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
 def parse_duration(text: str | float | int, *, what: str = "duration") -> float:
     """Parse ``90``, ``1.5``, ``30s``, ``5m``, ``1h30m``, ``250ms`` into seconds."""
+    shown = _short_repr(text)
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        seconds = float(text)
+        try:
+            seconds = float(text)
+        except OverflowError:
+            seconds = math.inf
     else:
         value = str(text).strip().lower()
         try:
@@ -47,11 +60,13 @@ def parse_duration(text: str | float | int, *, what: str = "duration") -> float:
             parts = _DURATION_PART.findall(value)
             if not parts or "".join(n + u for n, u in parts) != value:
                 raise UsageError(
-                    f"invalid {what} {text!r}: use seconds or a duration like 30s, 5m, 1h30m"
+                    f"invalid {what} {shown}: use seconds or a duration like 30s, 5m, 1h30m"
                 ) from None
             seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
     if seconds < 0:
-        raise UsageError(f"invalid {what} {text!r}: must not be negative")
+        raise UsageError(f"invalid {what} {shown}: must not be negative")
+    if not seconds <= MAX_DURATION:  # also NaN
+        raise UsageError(f"invalid {what} {shown}: must be a number of seconds up to 10 years")
     return seconds
 
 
@@ -123,6 +138,78 @@ def _env_transport_options(environ: Mapping[str, str]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise UsageError(f"{ENV_PREFIX}TRANSPORT_OPTIONS must be a JSON object")
     return value
+
+
+#: The transport options deploykit, kombu or the client libraries read, by the type they must have
+#: (kombu ``Channel.from_transport_options`` for Redis and the virtual transports, py-amqp
+#: ``Connection`` for RabbitMQ). A wrong type is a usage error here, not a crash deep inside a
+#: library. Options not listed pass through unchecked.
+_NUMBER_OPTIONS = frozenset(
+    {
+        "visibility_timeout",
+        "socket_timeout",
+        "socket_connect_timeout",
+        "connect_timeout",
+        "read_timeout",
+        "write_timeout",
+        "polling_interval",
+        "health_check_interval",
+        "brpop_timeout",
+        "interval_start",
+        "interval_step",
+        "interval_max",
+    }
+)
+_INT_OPTIONS = frozenset({"max_retries", "min_other_sentinels", "max_connections", "unacked_restore_limit"})
+_STR_OPTIONS = frozenset(
+    {
+        "master_name",
+        "global_keyprefix",
+        "sep",
+        "unacked_key",
+        "unacked_index_key",
+        "unacked_mutex_key",
+        "queue_name_prefix",
+        "data_folder_in",
+        "data_folder_out",
+        "control_folder",
+        "processed_folder",
+    }
+)
+_MAPPING_OPTIONS = frozenset({"sentinel_kwargs", "client_properties"})
+_BOOL_OPTIONS = frozenset({"confirm_publish", "fanout_patterns", "store_processed"})
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and value >= 0
+
+
+def check_transport_options(options: Mapping[str, Any]) -> None:
+    """Refuse transport options of the wrong type (see ``_NUMBER_OPTIONS`` and its siblings)."""
+    for key, value in options.items():
+        if value is None:
+            continue  # unset: the library's default
+        if key in _NUMBER_OPTIONS and not _is_number(value):
+            expected = "a number of seconds (0 or more)"
+        elif key in _INT_OPTIONS and not (_is_number(value) and float(value).is_integer()):
+            expected = "a whole number (0 or more)"
+        elif key in _STR_OPTIONS and not isinstance(value, str):
+            expected = "a string"
+        elif key in _MAPPING_OPTIONS and not isinstance(value, Mapping):
+            expected = "a table (a JSON object)"
+        elif key in _BOOL_OPTIONS and not isinstance(value, bool):
+            expected = "true or false"
+        elif key == "priority_steps" and not (
+            isinstance(value, (list, tuple))
+            and value
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
+        ):
+            expected = "a non-empty list of whole numbers from 0 to 255"
+        else:
+            continue
+        raise UsageError(f"transport option {key} must be {expected}, not {_short_repr(value)}")
 
 
 def _project_str(table: Mapping[str, Any], key: str, path: Path | None) -> str | None:
@@ -199,6 +286,7 @@ def resolve_settings(
         sources["broker"] = "CELERY_BROKER_URL"
 
     transport_options = {**app_options, **project_options, **env_options}
+    check_transport_options(transport_options)
     if broker:
         parse_broker_url(broker)  # a malformed URL is a usage error here, before any connection
     if management is None:

@@ -41,11 +41,12 @@ _TEXT_USERINFO = re.compile(r"(?P<head>[a-z][a-z0-9+.\-]*://[^:/@;\s]*:)(?P<pw>[
 
 # -- masking ----------------------------------------------------------------------------------
 def _userinfo_span(part: str) -> tuple[int, int] | None:
-    """Start and end of the password in one URL (``None`` when it has none)."""
+    """Start and end of the password in one URL (``None`` when it has none).
+
+    A URL missing its ``scheme://`` (``guest:pw@host``, a common slip) is masked all the same.
+    """
     head = part.find("://")
-    if head < 0:
-        return None
-    start = head + 3
+    start = head + 3 if head >= 0 else 0
     at = part.rfind("@", start)
     if at < 0:
         return None

@@ -91,6 +91,8 @@ def test_redis_database_follows_kombu() -> None:
         ("amqp://u:p@ss/w@h//", "amqp://u:***@h//"),
         ("amqp://u:pa/ss@h:5672/vh", "amqp://u:***@h:5672/vh"),
         ("amqp://u:p w@h//", "amqp://u:***@h//"),
+        ("guest:pw@localhost:5672", "guest:***@localhost:5672"),
+        ("localhost:5672", "localhost:5672"),
     ],
 )
 def test_one_mask_format(url: str, masked: str) -> None:
