@@ -129,9 +129,10 @@ def _exception_text(exc: BaseException) -> str:
     return f"{name}: {message}" if message else name
 
 
-def describe_exception(exc: BaseException) -> str:
-    """``Type: message (path:line)``, one line, the location in the user's code when there is one."""
-    return _exception_text(exc) + _where(exc)
+def describe_exception(exc: BaseException, *, where: bool = True) -> str:
+    """``Type: message (path:line)``, one line, the location in the user's code when there is one
+    (``where=False``: without it, e.g. for a database error, where no line of the user's is at fault)."""
+    return _exception_text(exc) + (_where(exc) if where else "")
 
 
 _describe = describe_exception  # the name other modules used

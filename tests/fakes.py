@@ -24,9 +24,12 @@ class FakeBroker(Broker):
         delayed: DelayedStore | None = None,
         notes: Sequence[str] = (),
         source: str = "fake",
+        shows_unacked: bool | None = None,
     ) -> None:
         super().__init__("fake://")
         self.kind = kind  # type: ignore[misc]
+        # Like the real brokers: Redis shows what workers hold, the others do not.
+        self.shows_unacked = kind == "redis" if shows_unacked is None else shows_unacked  # type: ignore[misc]
         self.stats = {s.name: s for s in stats}
         self.known = list(known)
         self.mailboxes = None if mailboxes is None else list(mailboxes)

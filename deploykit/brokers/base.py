@@ -12,11 +12,13 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from types import TracebackType
 from typing import Any, ClassVar, NamedTuple
 
 import msgspec
 
+from deploykit.errors import Refused
 from deploykit.messages import StoredHeaders
 
 #: Celery's internal queues: remote-control mailboxes and replies, event queues.
@@ -33,6 +35,31 @@ def is_internal_queue(name: str) -> bool:
 def is_delayed_queue(name: str) -> bool:
     """True for the ``celery_delayed_N`` queues of RabbitMQ native delayed delivery."""
     return bool(DELAYED_QUEUE.match(name))
+
+
+class ReadRefusal(str, Enum):
+    """Why a broker did not read a queue's waiting messages (:class:`ReadRefused`)."""
+
+    #: The broker has no read that leaves messages in place (RabbitMQ without ``--peek``).
+    NO_NON_DESTRUCTIVE_READ = "no-non-destructive-read"
+    #: The broker cannot sample messages at all.
+    NO_PEEK = "no-peek"
+    #: A quorum queue: peeking moves its messages to the back and raises their delivery count,
+    #: so it is refused unless allowed (``--force``).
+    QUORUM_QUEUE = "quorum-queue"
+    #: The broker does not know the queue: nothing waits in it.
+    UNKNOWN_QUEUE = "unknown-queue"
+    #: Not a task queue (a RabbitMQ stream): nothing in it waits for a worker.
+    NOT_A_TASK_QUEUE = "not-a-task-queue"
+
+
+class ReadRefused(Refused):
+    """A broker refused to read (or peek) a queue, with the reason as data for the caller."""
+
+    def __init__(self, message: str, reason: ReadRefusal, queue: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.queue = queue
 
 
 @dataclass(frozen=True)
@@ -138,6 +165,10 @@ class Broker(ABC):
 
     #: ``redis``, ``rabbitmq``, ``filesystem`` or ``kombu``.
     kind: ClassVar[str]
+    #: True when :meth:`unacked_messages` yields every message workers hold (reserved, prefetched,
+    #: ETA): Redis keeps them in its ``unacked`` hash. False where the broker does not expose them
+    #: (RabbitMQ): then only the workers themselves can tell.
+    shows_unacked: ClassVar[bool] = False
 
     def __init__(self, display_url: str) -> None:
         #: The broker URL with its password masked, safe to print.
@@ -163,7 +194,7 @@ class Broker(ABC):
         """Every message waiting in ``queue`` (all priority sub-queues), read without consuming,
         reordering or redelivering anything, in bounded batches; next-to-be-consumed first.
 
-        Brokers with no non-destructive read (RabbitMQ) raise :class:`deploykit.errors.Refused`.
+        Brokers with no non-destructive read (RabbitMQ) raise :class:`ReadRefused`.
         """
         for page in self.iter_pages(queue, batch=batch):
             yield from page.read()
@@ -171,21 +202,24 @@ class Broker(ABC):
     def iter_pages(self, queue: str, *, batch: int = 1000) -> Iterator[StoredPage]:
         """What :meth:`iter_messages` reads, as pages of stored bytes not yet parsed: a big queue's
         pages can be parsed and judged in other processes (see ``deploykit.scan.parallel``)."""
-        from deploykit.errors import Refused
-
-        raise Refused(f"{self.kind} brokers cannot list waiting messages without consuming them")
+        raise ReadRefused(
+            f"{self.kind} brokers cannot list waiting messages without consuming them",
+            ReadRefusal.NO_NON_DESTRUCTIVE_READ,
+            queue,
+        )
 
     def peek_messages(
         self, queue: str, limit: int, *, allow_quorum: bool = False
     ) -> tuple[list[RawMessage], str]:
         """Sample up to ``limit`` messages of a broker that cannot read without consuming.
 
-        Returns the messages and one sentence saying what the peek did to the queue. Only called
-        when the user asked for it (``--peek``). The default refuses.
+        Returns the messages and what peeking did to them: one phrase naming no queue, which the
+        scan says once for all the queues it applies to (e.g. ``requeued in place and marked
+        redelivered (management API get)``). Only called when the user asked for it (``--peek``).
+        A queue that is not peeked raises :class:`ReadRefused` saying why (a quorum queue not
+        allowed, a queue the broker does not know, a stream). The default refuses.
         """
-        from deploykit.errors import Refused
-
-        raise Refused(f"{self.kind} brokers do not support peeking")
+        raise ReadRefused(f"{self.kind} brokers do not support peeking", ReadRefusal.NO_PEEK, queue)
 
     def worker_mailboxes(self, control_exchange: str = "celery") -> list[str] | None:
         """Node names of the workers whose remote-control mailbox the broker holds.

@@ -23,7 +23,7 @@ unacked) only makes a queue look busy a little longer, which is safe.
 Without the management API (port closed, plugin disabled, HTTP 401) the counts fall back to AMQP
 only: ready and consumers are known, unacked is ``None`` (unknown, never ``0``), and the report
 says so in its notes. Neither AMQP nor the API can read messages without consuming them
-(celery-internals §4.2), so :meth:`Broker.iter_messages` keeps its default (``Refused``).
+(celery-internals §4.2), so :meth:`Broker.iter_messages` keeps its default (``ReadRefused``).
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ from deploykit.brokers.base import (
     QueueReport,
     QueueStats,
     RawMessage,
+    ReadRefusal,
+    ReadRefused,
     is_delayed_queue,
     is_internal_queue,
 )
@@ -54,11 +56,12 @@ from deploykit.brokers.urls import (
     first_url,
     management_endpoint,
     mask_url,
+    split_failover,
     split_url,
     vhost_of,
 )
 from deploykit.config import DEFAULT_TIMEOUT, parse_duration
-from deploykit.errors import DeploykitError, Refused, Unavailable, UsageError
+from deploykit.errors import DeploykitError, Unavailable, UsageError
 from deploykit.messages import StoredHeaders
 
 #: RabbitMQ's default delivery acknowledgement timeout, 30 minutes since 3.8.17
@@ -323,7 +326,7 @@ class RabbitMQBroker(Broker):
         # Shown in the management UI's connection list, so operators know who is looking.
         options.setdefault("client_properties", {"connection_name": "deploykit (read-only)"})
         connection = Connection(self._url, transport_options=options, connect_timeout=self._connect_timeout)
-        hosts = len([u for u in self._url.split(";") if u.strip()])
+        hosts = len(split_failover(self._url))
         try:
             # One attempt per failover host and no sleeping in between: kombu's defaults retry
             # with 2 s pauses, too slow for a "broker down" answer.
@@ -506,16 +509,22 @@ class RabbitMQBroker(Broker):
             raise Unavailable(f"cannot peek {queue}: the management API {self.management_problem}")
         row = rows.get(queue)
         if row is None:
-            return [], f"queue {queue} not peeked: the broker does not know it"
+            raise ReadRefused(
+                f"queue {queue} not peeked: the broker does not know it", ReadRefusal.UNKNOWN_QUEUE, queue
+            )
         queue_type = row.get("type")
         if queue_type == "stream":
-            return [], f"queue {queue} not peeked: streams are not task queues"
+            raise ReadRefused(
+                f"queue {queue} not peeked: streams are not task queues", ReadRefusal.NOT_A_TASK_QUEUE, queue
+            )
         if queue_type == "quorum" and not allow_quorum:
             waiting = _count(row, "messages_ready")
-            raise Refused(
+            raise ReadRefused(
                 f"queue {queue} not peeked ({waiting if waiting is not None else '?'} message(s) unchecked): "
                 "it is a quorum queue, where peeking moves messages to the back and counts towards "
-                "their delivery limit; pass --force to accept that"
+                "their delivery limit; pass --force to accept that",
+                ReadRefusal.QUORUM_QUEUE,
+                queue,
             )
         assert self.management is not None
         path = f"/api/queues/{quote(self.vhost, safe='')}/{quote(queue, safe='')}/get"
@@ -540,10 +549,7 @@ class RabbitMQBroker(Broker):
             if queue_type == "quorum"
             else "requeued in place and marked redelivered"
         )
-        return messages, (
-            f"peeked {len(messages)} message(s) of {queue} ({queue_type or 'classic'}) through the "
-            f"management API: they were {effect}"
-        )
+        return messages, f"{effect} (management API get)"
 
     def worker_mailboxes(self, control_exchange: str = "celery") -> list[str] | None:
         """Nodes whose ``<node>.<control_exchange>.pidbox`` queue exists; ``None`` without the API.

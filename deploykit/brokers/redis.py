@@ -135,6 +135,8 @@ class RedisBroker(Broker):
     """A Redis broker as kombu's Redis transport lays it out (read-only)."""
 
     kind: ClassVar[str] = "redis"
+    #: The ``unacked`` hash holds every message workers hold (reserved, prefetched, ETA).
+    shows_unacked: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -12,14 +12,13 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from queue import Full, Queue
 from typing import Any
 
-from deploykit.brokers.base import Broker, StoredPage
-from deploykit.errors import Refused
+from deploykit.brokers.base import Broker, ReadRefusal, ReadRefused, StoredPage
 from deploykit.fleet.base import Fleet
 from deploykit.manifest.builtins import builtin_tasks
 from deploykit.manifest.diff import parameter_renames
@@ -142,6 +141,22 @@ def build_judge(new: Manifest, old: Manifest | None) -> Judge:
 
 
 _PEEK = "pass --peek to sample it through the management API (requeues, marks redelivered)"
+#: Queues not peeked for a reason that hides no message, and how the note says it.
+_NOTHING_WAITS = {
+    ReadRefusal.UNKNOWN_QUEUE: "the broker does not know them",
+    ReadRefusal.NOT_A_TASK_QUEUE: "streams, not task queues",
+}
+
+
+def listed(names: Sequence[str], shown: int = 5) -> str:
+    """``a, b, c`` or, for a long list, its first ``shown`` names and how many more."""
+    if len(names) <= shown + 1:
+        return ", ".join(names)
+    return ", ".join(names[:shown]) + f" and {len(names) - shown} more"
+
+
+def _queues(names: Sequence[str]) -> str:
+    return f"queue {names[0]}" if len(names) == 1 else f"{len(names)} queues ({listed(names)})"
 
 
 def run_scan(
@@ -173,21 +188,27 @@ def run_scan(
     tick = _ticker(report, progress)
     readable: list[str] = []
     peeked_queues: dict[str, int] = {}
+    #: What each peek did to the messages -> the queues it did it to.
+    peek_effects: dict[str, list[str]] = {}
     #: Queues not read at all: queue -> (why, how to check).
     unread: dict[str, tuple[str, str]] = {}
+    #: Queues not peeked where nothing waits for a worker (unknown to the broker, streams).
+    nothing_waits: dict[ReadRefusal, list[str]] = {}
     queue_names = list(dict.fromkeys(queues))
     for queue in queue_names:
         try:
             pages = iter(broker.iter_pages(queue))
             first = next(pages, None)
-        except Refused:
+        except ReadRefused:
             if peek is None:
                 unread[queue] = (f"{broker.kind} has no non-destructive read", _PEEK)
                 continue
             try:
-                peeked, note = broker.peek_messages(queue, peek.limit, allow_quorum=peek.allow_quorum)
-            except Refused as refused:
-                if "quorum" in refused.message:
+                peeked, effect = broker.peek_messages(queue, peek.limit, allow_quorum=peek.allow_quorum)
+            except ReadRefused as refused:
+                if refused.reason in _NOTHING_WAITS:
+                    nothing_waits.setdefault(refused.reason, []).append(queue)
+                elif refused.reason is ReadRefusal.QUORUM_QUEUE:
                     unread[queue] = (
                         "a quorum queue, not peeked",
                         "add --force to --peek (moves them to the back, raises their delivery count)",
@@ -195,7 +216,7 @@ def run_scan(
                 else:
                     unread[queue] = (refused.message, "read them with the broker's own tools")
                 continue
-            report.notes.append(note)
+            peek_effects.setdefault(effect, []).append(queue)
             peeked_queues[queue] = len(peeked)
             judge_raw(peeked, f"queue:{queue}", judge, report)
             continue
@@ -209,9 +230,8 @@ def run_scan(
         if isinstance(task_id, str):
             seen_ids.add(task_id)
         judge_raw((raw,), f"unacked:{raw.queue or '?'}", judge, report)
-    existing: set[str] = set()
     if unread or peeked_queues:
-        existing = _count_unchecked(broker, report, unread, peeked_queues, peek, queue_names)
+        _count_unchecked(broker, report, unread, peeked_queues, peek, queue_names)
 
     nodes = list(workers)
     if fleet is not None and nodes:
@@ -219,7 +239,7 @@ def run_scan(
         scan(worker_items(replies.by_command, seen_ids), judge, report)
         if replies.missing:
             missing = ", ".join(replies.missing)
-            if type(broker).unacked_messages is not Broker.unacked_messages:
+            if broker.shows_unacked:
                 # The broker's own unacked store was read (Redis): their held tasks are counted.
                 report.notes.append(
                     f"workers that did not answer: {missing} (the tasks they hold were read from the broker)"
@@ -238,12 +258,26 @@ def run_scan(
             scan_app_beat(app, judge, report)
         else:
             scan(manifest_beat_items(new.beat), judge, report)
-    read = ", ".join(readable) if readable else "none"
-    peeked_existing = [queue for queue in peeked_queues if queue in existing]
-    if peeked_existing:
-        read += "; peeked: " + ", ".join(peeked_existing)
-    report.notes.insert(0, f"queues read: {read}")
+    report.notes[:0] = _queue_notes(readable, peeked_queues, peek_effects, nothing_waits)
     return report
+
+
+def _queue_notes(
+    readable: Sequence[str],
+    peeked: Mapping[str, int],
+    effects: Mapping[str, Sequence[str]],
+    nothing_waits: Mapping[ReadRefusal, Sequence[str]],
+) -> list[str]:
+    """What was read and peeked, one line per fact, long lists of queues shortened."""
+    notes = []
+    if readable or not peeked:
+        notes.append(f"queues read: {listed(readable) if readable else 'none'}")
+    for effect, names in effects.items():
+        count = sum(peeked[name] for name in names)
+        notes.append(f"peeked {count} message(s) of {_queues(names)}: {effect}")
+    for reason, names in nothing_waits.items():
+        notes.append(f"{_queues(names)} not peeked: {_NOTHING_WAITS[reason]}")
+    return notes
 
 
 def _count_unchecked(
@@ -253,9 +287,8 @@ def _count_unchecked(
     peeked: Mapping[str, int],
     peek: PeekOptions | None,
     scanned: Iterable[str],
-) -> set[str]:
-    """Record what was not read, with the number the broker reports for each queue; returns the
-    queues the broker has."""
+) -> None:
+    """Record what was not read, with the number the broker reports for each queue."""
     stats = broker.queue_stats([*unread, *peeked])
     # Streams are logs, not task queues: nothing in them waits for a worker.
     waiting = {
@@ -286,7 +319,6 @@ def _count_unchecked(
                 _PEEK.replace("sample it", "sample them"),
             )
         )
-    return {row.name for row in stats.queues if row.exists}
 
 
 def _beat_key(item: Item) -> tuple[str, str | None, Any]:

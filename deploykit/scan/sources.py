@@ -113,7 +113,10 @@ def django_beat_items() -> tuple[list[Item], str | None]:
         model = apps.get_model("django_celery_beat", "PeriodicTask")
         rows = list(model.objects.filter(enabled=True).values_list("name", "task", "args", "kwargs"))
     except Exception as exc:  # database down, migrations missing: say so, don't crash the scan
-        return [], f"django-celery-beat rows not read: {type(exc).__name__}: {exc}"
+        from deploykit.userapp import describe_exception
+
+        # One line: a database driver's error spans lines (the server's whole answer, hints).
+        return [], f"django-celery-beat rows not read: {describe_exception(exc, where=False)}"
     items = []
     for name, task, args_text, kwargs_text in rows:
         try:

@@ -260,6 +260,7 @@ def test_rabbitmq_queues_are_read_only_with_peek_and_quorum_only_when_forced(
         "celery",
         "-Q",
         "strict",
+        *(arg for i in range(12) for arg in ("-Q", f"ghost{i:02}")),  # declared, not on the broker
     ]
     not_peeked = deploykit(*args, env=env)
     assert not_peeked.returncode == 5, not_peeked.stderr  # incomplete: never OK
@@ -274,7 +275,13 @@ def test_rabbitmq_queues_are_read_only_with_peek_and_quorum_only_when_forced(
     doc = json.loads(peeked.stdout)
     verdicts = {(g["task"], g["verdict"]) for g in doc["groups"]}
     assert verdicts == {("shop.notify", "fails"), ("shop.charge", "misbound"), ("shop.report", "runs")}
-    assert any("requeued in place and marked redelivered" in note for note in doc["notes"])
+    # One line per fact: what was peeked and what that did, the unknown queues together.
+    assert doc["notes"][:2] == [
+        "peeked 3 message(s) of queue celery: requeued in place and marked redelivered (management API get)",
+        "12 queues (ghost00, ghost01, ghost02, ghost03, ghost04 and 7 more) not peeked: "
+        "the broker does not know them",
+    ]
+    assert not any(note.startswith("queues read") for note in doc["notes"])
     assert [(u["location"], u["count"]) for u in doc["unchecked"]] == [("queue:strict", 1)]
     assert "--force" in doc["unchecked"][0]["remedy"]
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from deploykit.brokers.base import Broker, DelayedStore, QueueStats, RawMessage
+from deploykit.brokers.base import Broker, DelayedStore, QueueStats, RawMessage, ReadRefusal, ReadRefused
 from deploykit.brokers.envelope import parse_ready
-from deploykit.errors import Refused
 from deploykit.manifest.model import Manifest, Parameter, Task
 from deploykit.messages import NO_HEADERS
 from deploykit.scan.decode import DecodedMessage, TaskCall
@@ -45,7 +44,8 @@ BEAT = App({f"e{i}": {"task": "report", "schedule": 60, "args": (i,)} for i in r
 
 class Rabbit(FakeBroker):
     """A broker with no non-destructive read (like RabbitMQ): ``iter_pages`` refuses; peeking
-    returns up to ``limit`` of the queue's messages, and refuses quorum queues unless forced."""
+    returns up to ``limit`` of the queue's messages, refuses quorum queues unless forced, and
+    queues it does not know. It does not show what workers hold (``shows_unacked`` is False)."""
 
     def __init__(self, queues: dict[str, list[RawMessage]], quorum: tuple[str, ...] = (), **kwargs: Any):
         stats = [QueueStats(name, ready=len(items)) for name, items in queues.items()]
@@ -53,15 +53,15 @@ class Rabbit(FakeBroker):
         self.queues = queues
         self.quorum = quorum
 
-    #: RabbitMQ does not expose what workers hold (the base class's default).
-    unacked_messages = Broker.unacked_messages  # type: ignore[assignment]
-
     def peek_messages(
         self, queue: str, limit: int, *, allow_quorum: bool = False
     ) -> tuple[list[RawMessage], str]:
+        if queue not in self.queues:
+            raise ReadRefused(f"not peeked: {queue} unknown", ReadRefusal.UNKNOWN_QUEUE, queue)
         if queue in self.quorum and not allow_quorum:
-            raise Refused(f"queue {queue} not peeked: it is a quorum queue; pass --force to accept that")
-        return self.queues[queue][:limit], f"peeked {queue}"
+            # The reason is data: the message need not say "quorum".
+            raise ReadRefused("not peeked: it reorders this queue", ReadRefusal.QUORUM_QUEUE, queue)
+        return self.queues[queue][:limit], "requeued in place (fake)"
 
 
 def scan(broker: Broker, **kwargs: Any) -> Report:
@@ -91,7 +91,7 @@ def test_beyond_the_peek_limit_is_incomplete():
     assert (unchecked.location, unchecked.count) == ("queue:celery", 160)
     assert "--peek-limit 100" in unchecked.reason and "at least 260" in unchecked.remedy
     assert report.incomplete_summary().startswith("160 of 260 waiting message(s) not checked")  # type: ignore[union-attr]
-    assert report.notes[0] == "queues read: none; peeked: celery"
+    assert report.notes[0] == "peeked 100 message(s) of queue celery: requeued in place (fake)"
 
 
 def test_everything_peeked_is_complete():
@@ -106,6 +106,34 @@ def test_unforced_quorum_queue_is_incomplete():
     (unchecked,) = report.unchecked
     assert (unchecked.location, unchecked.count) == ("queue:strict", 2)
     assert "--force" in unchecked.remedy and report.verdict == "incomplete"
+
+
+def test_a_refusal_is_judged_by_its_reason_not_its_wording():
+    """Only a QUORUM_QUEUE refusal suggests --force, whatever the broker's message says."""
+
+    class Refusing(Rabbit):
+        def peek_messages(
+            self, queue: str, limit: int, *, allow_quorum: bool = False
+        ) -> tuple[list[RawMessage], str]:
+            raise ReadRefused("the quorum of admins said no", ReadRefusal.NO_PEEK, queue)
+
+    (unchecked,) = scan(Refusing({"celery": messages(2)}), peek=PeekOptions(100)).unchecked
+    assert unchecked.count == 2 and "--force" not in unchecked.remedy
+    assert unchecked.reason == "the quorum of admins said no"
+
+
+def test_notes_say_each_fact_once_however_many_queues():
+    """7 queues peeked, 34 the app declares but the broker does not know: two lines, not 35,
+    and never "queues read: none" when queues were peeked."""
+    queues = {f"q{i}": messages(2) for i in range(7)}
+    ghosts = [f"ghost{i:02}" for i in range(34)]
+    report = scan(Rabbit(queues), queues=[*queues, *ghosts], peek=PeekOptions(100))
+    assert report.notes == [
+        "peeked 14 message(s) of 7 queues (q0, q1, q2, q3, q4 and 2 more): requeued in place (fake)",
+        "34 queues (ghost00, ghost01, ghost02, ghost03, ghost04 and 29 more) not peeked: "
+        "the broker does not know them",
+    ]
+    assert report.verdict == "ok" and report.scanned == 14
 
 
 def test_a_breaking_message_wins_over_incomplete():
@@ -131,6 +159,12 @@ def test_tasks_held_by_silent_workers_are_unknown_where_the_broker_cannot_show_t
     assert unchecked.count is None and "w2@h" in unchecked.reason
     assert report.incomplete and report.unchecked_unknown
     assert "and an unknown number more" in report.incomplete_summary()  # type: ignore[operator]
+
+    # The broker says whether it shows what workers hold, not whether its class overrides a method.
+    rabbit = FakeBroker(kind="rabbitmq")  # overrides unacked_messages, shows_unacked is False
+    rabbit.iter_pages = lambda queue, batch=1000: iter(())  # type: ignore[method-assign]
+    report = scan(rabbit, fleet=fleet, workers=["w1@h", "w2@h"])
+    assert report.verdict == "incomplete" and report.unchecked[0].location == "workers"
 
     # Redis shows what workers hold in its unacked hash: a silent worker hides nothing.
     redis = FakeBroker(kind="redis")
@@ -194,3 +228,42 @@ def test_the_judge_pairs_renamed_parameters_from_the_manifests():
     keyword = judge.call(TaskCall("mail", (), {"user_mailer_id": 7, "subject": "hi"}))
     assert positional.verdict is Verdict.RUNS
     assert keyword.verdict is Verdict.FAILS
+
+
+def test_django_celery_beat_database_error_is_one_line(monkeypatch: Any) -> None:
+    """A database that is down: the note names the error's type and first line, not its whole text."""
+    import django.apps
+
+    from deploykit.scan.sources import django_beat_items
+
+    class OperationalError(Exception):
+        pass
+
+    class Rows:
+        def filter(self, **kwargs: Any) -> Rows:
+            return self
+
+        def values_list(self, *fields: str) -> list[Any]:
+            raise OperationalError(
+                'connection to server at "db" (10.0.0.5), port 5432 failed: Connection refused\n'
+                "\tIs the server running on that host and accepting TCP/IP connections?\n"
+                + "DETAIL: ...\n"
+                * 30
+            )
+
+    class Registry:
+        ready = True
+
+        def is_installed(self, name: str) -> bool:
+            return name == "django_celery_beat"
+
+        def get_model(self, app: str, model: str) -> Any:
+            return type("PeriodicTask", (), {"objects": Rows()})
+
+    monkeypatch.setattr(django.apps, "apps", Registry())
+    items, note = django_beat_items()
+    assert items == []
+    assert note == (
+        'django-celery-beat rows not read: OperationalError: connection to server at "db" '
+        "(10.0.0.5), port 5432 failed: Connection refused"
+    )
