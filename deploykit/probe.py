@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from deploykit.brokers.urls import Redactor
+from deploykit.brokers.urls import NON_STORING_BACKENDS, Redactor, backend_scheme
 from deploykit.errors import Unavailable, UsageError
 from deploykit.fleet.base import Fleet
 from deploykit.inspection import FleetView, QueueRow
@@ -122,8 +122,8 @@ def _backend_unusable(app: Any) -> str | None:
     backend = conf.result_backend
     if not backend:
         return "the app has no result backend"
-    scheme = str(backend).split("://", 1)[0].split("+", 1)[0].lower()
-    if scheme in {"rpc", "amqp", "disabled"}:
+    scheme = backend_scheme(backend)
+    if scheme in NON_STORING_BACKENDS:
         return f"the {scheme} result backend stores nothing to read back"
     if str(conf.result_serializer) not in SAFE_SERIALIZERS:
         return f"results use the {conf.result_serializer} serializer, which deploykit never decodes"
@@ -138,9 +138,9 @@ def workers_without_results(confs: Mapping[str, Any]) -> list[str]:
     for node, conf in sorted(confs.items()):
         if not isinstance(conf, Mapping):
             continue
-        backend = str(conf.get("result_backend") or "")
-        scheme = backend.split("://", 1)[0].lower()
-        if not backend or scheme in {"rpc", "disabled"} or conf.get("task_ignore_result") is True:
+        backend = conf.get("result_backend")
+        stores = bool(backend) and backend_scheme(backend) not in NON_STORING_BACKENDS
+        if not stores or conf.get("task_ignore_result") is True:
             lacking.append(node)
     return lacking
 

@@ -272,6 +272,19 @@ def vhost_of(url: str) -> str:
     return vhost or "/"
 
 
+# -- result backends --------------------------------------------------------------------------
+#: Result backends that keep nothing another process can read back: ``rpc://`` sends each result
+#: to the caller as a message, ``amqp://`` is its pre-Celery-5 name, ``disabled`` stores nothing.
+NON_STORING_BACKENDS = frozenset({"rpc", "amqp", "disabled"})
+
+
+def backend_scheme(backend: object) -> str:
+    """The scheme of a result backend URL, lower-cased, without its driver (``db+postgresql://``
+    is ``db``); ``""`` when there is none."""
+    text = str(backend or "")
+    return text.split("://", 1)[0].split("+", 1)[0].strip().lower()
+
+
 # -- RabbitMQ management API --------------------------------------------------------------------
 @dataclass(frozen=True)
 class ManagementEndpoint:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from deploykit.brokers.urls import backend_scheme
 from deploykit.doctor.model import (
     Audit,
     ConfigSource,
@@ -381,7 +382,7 @@ def check_pickle(audit: Audit) -> Iterator[Finding]:
 def check_result_backend(audit: Audit) -> Iterator[Finding]:
     for source in audit.sources:
         backend = source.get("result_backend")
-        scheme = str(backend).split("://", 1)[0].lower() if backend else ""
+        scheme = backend_scheme(backend)
         if scheme in {"rpc", "amqp"}:
             yield Finding(
                 "rpc-result-backend",

@@ -147,3 +147,14 @@ def test_management_url_derivation_is_one_rule() -> None:
     # An explicit URL keeps its own port and path (a reverse proxy), credentials from the broker.
     proxied = management_endpoint("https://mq.example/rabbitmq/", "amqp://app:pw@mq//")
     assert proxied.base_url == "https://mq.example/rabbitmq" and proxied.auth == ("app", "pw")
+
+
+def test_one_rule_for_result_backends_that_store_nothing() -> None:
+    from deploykit.brokers.urls import NON_STORING_BACKENDS, backend_scheme
+
+    assert backend_scheme("db+postgresql://u:p@h/db") == "db"
+    assert backend_scheme("RPC://") == "rpc"
+    assert backend_scheme("disabled") == "disabled"
+    assert backend_scheme(None) == ""
+    assert {backend_scheme(b) for b in ("rpc://", "amqp://", "disabled")} == NON_STORING_BACKENDS
+    assert backend_scheme("redis://h/1") not in NON_STORING_BACKENDS
