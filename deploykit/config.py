@@ -18,10 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# URL knowledge lives in deploykit.brokers.urls; Redactor and mask_url are re-exported for callers.
-from deploykit.brokers.urls import Redactor as Redactor
-from deploykit.brokers.urls import default_management_url, parse_broker_url
-from deploykit.brokers.urls import mask_url as mask_url
+from deploykit.brokers.urls import default_management_url, mask_url, parse_broker_url
 from deploykit.errors import UsageError
 
 if sys.version_info >= (3, 11):
@@ -96,12 +93,6 @@ class Settings:
     @property
     def masked_broker_url(self) -> str | None:
         return mask_url(self.broker_url)
-
-    def redactor(self) -> Redactor:
-        redactor = Redactor()
-        redactor.add_url(self.broker_url)
-        redactor.add_url(self.management_url)
-        return redactor
 
 
 def find_pyproject(start: Path) -> Path | None:

@@ -32,7 +32,7 @@ from deploykit.brokers.base import (
     is_internal_queue,
 )
 from deploykit.brokers.envelope import parse_ready
-from deploykit.config import mask_url
+from deploykit.brokers.urls import mask_url
 from deploykit.errors import Unavailable, UsageError
 
 try:  # kombu locks the file while writing it (LOCK_EX); a shared lock waits for a whole file.

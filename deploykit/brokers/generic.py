@@ -15,7 +15,7 @@ from kombu.exceptions import ChannelError, OperationalError
 from kombu.transport import virtual
 
 from deploykit.brokers.base import Broker, QueueReport, QueueStats
-from deploykit.config import Redactor, mask_url
+from deploykit.brokers.urls import Redactor, mask_url
 from deploykit.errors import Unavailable, UsageError
 
 MAX_CONNECT_TIMEOUT = 3.0

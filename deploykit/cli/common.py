@@ -17,7 +17,8 @@ from typing import Annotated, Any
 
 import typer
 
-from deploykit.config import CliFlags, Redactor, Settings, resolve_settings
+from deploykit.brokers.urls import Redactor
+from deploykit.config import CliFlags, Settings, resolve_settings
 from deploykit.errors import DeploykitError, ExitCode
 
 AppOpt = Annotated[

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from deploykit.config import mask_url
+from deploykit.brokers.urls import mask_url
 from deploykit.errors import DeploykitError, ExitCode, UsageError
 
 

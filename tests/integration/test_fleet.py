@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from deploykit.config import mask_url
+from deploykit.brokers.urls import mask_url
 from deploykit.fleet.control import CeleryFleet
 from deploykit.userapp import bare_app
 

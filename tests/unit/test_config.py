@@ -10,14 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from deploykit.config import (
-    CliFlags,
-    Redactor,
-    default_management_url,
-    mask_url,
-    parse_duration,
-    resolve_settings,
-)
+from deploykit.brokers.urls import Redactor, default_management_url, mask_url
+from deploykit.config import CliFlags, parse_duration, resolve_settings
 from deploykit.errors import UsageError
 
 
