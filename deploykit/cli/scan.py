@@ -67,10 +67,12 @@ def scan_broker(
     force: bool,
     oversize: int,
     new_manifest: Any = None,
+    beat_schedule: bool = True,
 ) -> tuple[Any, dict[str, Any]]:
     """Resolve everything and run the scan; returns the report and its description.
 
-    Shared by ``deploykit scan`` and ``deploykit check --broker``.
+    Shared by ``deploykit scan`` and ``deploykit check --broker`` (which judges the app's
+    ``beat_schedule`` with its manifest rules: ``beat_schedule=False``).
     """
     from deploykit.cli.inspect import open_session
     from deploykit.inspection import app_queue_names, discover
@@ -120,6 +122,7 @@ def scan_broker(
             workers=nodes,
             app=session.app,
             include_beat=beat,
+            beat_schedule=beat_schedule,
             peek=PeekOptions(peek_limit, force) if peek else None,
             oversize=oversize,
             progress=progress,

@@ -8,7 +8,10 @@ from typing import Any
 from deploykit.scan.engine import BREAKING, Group, Report, Verdict
 from deploykit.scan.findings import unchecked_data
 
-SCHEMA = "deploykit.scan/1"
+#: Version 2: ``totals`` and ``groups[].count`` count messages only (beat entries moved to
+#: ``beat{}`` and ``groups[].beat_entries``); ``totals.breaking`` no longer includes beat entries.
+#: A reader of version 1 would misread those numbers, hence the bump (adding fields would not need one).
+SCHEMA = "deploykit.scan/2"
 GITHUB_ANNOTATIONS_PER_KIND = 10
 
 

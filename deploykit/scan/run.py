@@ -170,6 +170,7 @@ def run_scan(
     workers: Iterable[str] = (),
     app: Any = None,
     include_beat: bool = True,
+    beat_schedule: bool = True,
     peek: PeekOptions | None = None,
     oversize: int = 1024 * 1024,
     progress: Progress | None = None,
@@ -180,6 +181,10 @@ def run_scan(
     non-destructive read and no ``peek``, beyond the peek limit, a quorum queue not forced,
     native delayed-delivery queues, tasks held by workers that did not answer) are recorded in
     ``report.unchecked`` with their number, why, and how to check them.
+
+    ``beat_schedule=False`` leaves out the app's (or the manifest's) ``beat_schedule`` entries,
+    for a caller that judges them itself (``check --broker``: the manifest's ``BEAT_*`` rules),
+    so a failing entry is reported once; django-celery-beat rows not in it are still scanned.
     """
     report = Report(now, oversize)
     judge = build_judge(new, old)
@@ -255,8 +260,8 @@ def run_scan(
                 )
     if include_beat:
         if app is not None:
-            scan_app_beat(app, judge, report)
-        else:
+            scan_app_beat(app, judge, report, schedule=beat_schedule)
+        elif beat_schedule:
             scan(manifest_beat_items(new.beat), judge, report)
     report.notes[:0] = _queue_notes(readable, peeked_queues, peek_effects, nothing_waits)
     return report
@@ -336,14 +341,19 @@ def scan_app_beat(
     judge: Judge,
     report: Report,
     django_rows: Callable[[], tuple[list[Item], str | None]] = django_beat_items,
+    *,
+    schedule: bool = True,
 ) -> None:
     """The app's ``beat_schedule`` and django-celery-beat's rows (``django_rows``), each entry once.
 
     django-celery-beat copies ``beat_schedule`` into its table when beat starts, so the same
     entry is usually in both; it is counted once (a row whose arguments differ is another call).
+    ``schedule=False``: the ``beat_schedule`` entries are judged elsewhere; only the rows that
+    are not copies of them are scanned.
     """
     entries = list(beat_items(app))
-    scan(entries, judge, report)
+    if schedule:
+        scan(entries, judge, report)
     django_items, django_note = django_rows()
     known = {_beat_key(item) for item in entries}
     rows = [item for item in django_items if _beat_key(item) not in known]
@@ -352,6 +362,11 @@ def scan_app_beat(
         if django_items:
             same = len(django_items) - len(rows)
             django_note = f"{len(django_items)} django-celery-beat periodic task(s) checked"
-            if same:
+            if same and schedule:
                 django_note += f" ({same} of them also in beat_schedule, counted once)"
+            elif same:
+                django_note = (
+                    f"{len(rows)} django-celery-beat periodic task(s) checked ({same} more are "
+                    "beat_schedule entries, judged with it)"
+                )
         report.notes.append(django_note)

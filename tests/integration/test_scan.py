@@ -124,7 +124,7 @@ def test_scan_predicts_what_release_two_really_does(redis_url, start_workers, tm
     )
     assert result.returncode == 1, result.stderr
     doc = json.loads(result.stdout)
-    assert doc["schema"] == "deploykit.scan/1"
+    assert doc["schema"] == "deploykit.scan/2"
 
     # The scan read without consuming or reordering anything: every key byte for byte.
     assert task_data() == before
@@ -210,14 +210,18 @@ def test_check_with_broker_adds_waiting_message_findings(redis_url, tmp_path):
     assert result.returncode == 1, result.stderr
     doc = json.loads(result.stdout)
     waiting = {(f["rule"], f["task"]) for f in doc["findings"] if f["rule"].startswith("WAITING_")}
-    # The beat schedule's hourly-notify entry fails too; the queued report message runs.
+    # The queued report message runs.
     assert waiting == {("WAITING_FAILS", "shop.notify"), ("WAITING_DISCARDED", "shop.legacy_sync")}
+    # The beat schedule's hourly-notify entry fails too: reported once, by the manifest rule that
+    # names the entry, not counted again among the waiting messages.
+    beat = [f for f in doc["findings"] if f["beat_entry"] or "beat entr" in f["message"]]
+    assert [(f["rule"], f["beat_entry"]) for f in beat] == [("BEAT_ARGS_UNBOUND", "hourly-notify")]
     notify = next(f for f in doc["findings"] if f["rule"] == "WAITING_FAILS")
     assert notify["file"].endswith("tests/apps/shop_v2.py") and notify["line"]
-    assert "1 waiting message(s) and 1 beat entry" in notify["message"]
+    assert notify["message"].startswith("1 waiting message(s) would fail")
     # The numbers are data, not only prose.
-    assert notify["data"]["count"] == 1 and notify["data"]["beat_entries"] == 1
-    assert notify["data"]["locations"] == {"queue:celery": 1, "beat:hourly-notify": 1}
+    assert notify["data"]["count"] == 1 and notify["data"]["beat_entries"] == 0
+    assert notify["data"]["locations"] == {"queue:celery": 1}
     assert len(notify["data"]["sample_ids"]) == 1
     assert any("waiting message(s) checked" in note for note in doc["notes"])
     assert doc["verdict"] == "failed" and doc["incomplete"] is None

@@ -48,7 +48,7 @@ def report() -> Report:
 
 def test_json_document():
     doc = out.document(report(), new="app proj", old=None, broker="redis://h/0")
-    assert doc["schema"] == "deploykit.scan/1"
+    assert doc["schema"] == "deploykit.scan/2"
     # Messages only: the beat entry is counted apart, once.
     assert doc["totals"] == {
         "runs": 0,

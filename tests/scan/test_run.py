@@ -267,3 +267,21 @@ def test_django_celery_beat_database_error_is_one_line(monkeypatch: Any) -> None
         'django-celery-beat rows not read: OperationalError: connection to server at "db" '
         "(10.0.0.5), port 5432 failed: Connection refused"
     )
+
+
+def test_beat_schedule_judged_elsewhere_is_left_out_but_django_rows_are_not():
+    """check --broker: the manifest rules judge beat_schedule; the scan adds only the rows that
+    are not copies of it, so a failing entry is reported once."""
+    app = App({"hourly": {"task": "notify", "schedule": 60, "args": (1,)}})  # fails: 1 of 2 args
+    rows = [
+        _beat_item("beat-db:hourly", "notify", [1], {}),  # django-celery-beat's copy
+        _beat_item("beat-db:admin-made", "notify", [1, "sms"], {}),
+    ]
+    report = Report(NOW, 10**6)
+    scan_app_beat(app, build_judge(NEW, None), report, django_rows=lambda: (rows, "2 rows"), schedule=False)
+    assert report.beat_entries == 1 and report.beat_totals[Verdict.FAILS] == 0
+    assert report.notes == [
+        "1 django-celery-beat periodic task(s) checked (1 more are beat_schedule entries, judged with it)"
+    ]
+    report = scan(FakeBroker(kind="redis"), include_beat=True, app=app, beat_schedule=False)
+    assert report.beat_entries == 0
