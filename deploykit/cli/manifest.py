@@ -407,17 +407,24 @@ def check(
 
 @manifest_app.command("rules")
 def rules(json_: JsonOpt = False) -> None:
-    """List the rule IDs that diff and check report, with their default level."""
+    """List the rule IDs that diff and check report, with their default level and their page."""
+    from deploykit.docs import rule_url
     from deploykit.manifest.rules import RULES
 
+    with handle_errors():  # a malformed DEPLOYKIT_DOCS_URL is a usage error
+        pages = {rule_id: rule_url(rule_id) for rule_id in RULES}
     if json_:
         emit_json(
             {
                 "schema": "deploykit.rules/1",
-                "rules": [{"id": r.id, "level": r.level.value, "summary": r.summary} for r in RULES.values()],
+                "rules": [
+                    {"id": r.id, "level": r.level.value, "summary": r.summary, "docs": pages[r.id]}
+                    for r in RULES.values()
+                ],
             }
         )
         return
     width = max(len(rule_id) for rule_id in RULES)
     for rule in RULES.values():
         typer.echo(f"{rule.id:<{width}}  {rule.level.value:<7}  {rule.summary}")
+        typer.echo(f"{'':<{width}}  {'':<7}  {pages[rule.id]}")

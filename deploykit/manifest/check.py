@@ -101,6 +101,7 @@ class Report:
                     "beat_entry": f.beat_entry,
                     "message": f.message,
                     "hint": f.hint,
+                    "docs": f.docs,
                     "file": f.file,
                     "line": f.line,
                     "suppressed": f.suppressed,

@@ -97,6 +97,13 @@ class Finding:
     data: Mapping[str, Any] | None = None
 
     @property
+    def docs(self) -> str:
+        """The rule's page in the documentation (an absolute URL, see :mod:`deploykit.docs`)."""
+        from deploykit.docs import rule_url
+
+        return rule_url(self.rule)
+
+    @property
     def location(self) -> str | None:
         if self.file is None:
             return None

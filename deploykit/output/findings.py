@@ -2,6 +2,12 @@
 
 * ``text``: rich, grouped by task (colour only on a TTY, ``NO_COLOR`` honoured);
 * ``json``: :meth:`Report.document` (schema ``deploykit.findings/1``);
+
+Every unsuppressed finding links to its rule's page (:attr:`Finding.docs`, built by
+:func:`deploykit.docs.rule_url` alone): a ``docs:`` line in text, ``docs`` in JSON, ``See <url>``
+ending GitHub annotations and GitLab descriptions (GitLab's Code Quality subset has no link
+field: ``description``, ``check_name``, ``fingerprint``, ``severity``, ``location``), the rule ID
+as a link in Markdown.
 * ``github``: workflow-command annotations (``::error file=…,line=…,title=…::…``), errors first —
   GitHub shows only about 10 per kind per step, so the full table goes to ``$GITHUB_STEP_SUMMARY``
   (:func:`write_step_summary`, capped below GitHub's 1 MiB limit);
@@ -105,6 +111,7 @@ def render_text(report: Report, console: Any) -> None:
                 soft_wrap=True,
             )
             console.print(f"          [dim]hint:[/dim] {escape(item.hint)}", soft_wrap=True)
+            console.print(f"          [dim]docs: {escape(item.docs)}[/dim]", soft_wrap=True)
     console.print()
     console.print(summary_line(report), style="bold red" if report.failed else None, soft_wrap=True)
 
@@ -150,7 +157,7 @@ def github(report: Report, *, prefix: str | None = None) -> str:
             if item.line:
                 props.append(f"line={item.line}")
         props.append(f"title={_escape_property(f'{item.rule} ({item.task})')}")
-        message = f"{item.message} Hint: {item.hint}"
+        message = f"{item.message} Hint: {item.hint} See {item.docs}"
         lines.append(f"::{_GITHUB_COMMAND[item.level]} {','.join(props)}::{_escape_data(message)}")
     if report.incomplete:
         title = _escape_property(f"deploykit {report.command}: incomplete")
@@ -185,7 +192,7 @@ def gitlab(
     """A GitLab Code Quality report (``artifacts:reports:codequality``) of unsuppressed findings."""
     issues = [
         {
-            "description": f"{item.rule} ({item.task}): {item.message} Hint: {item.hint}",
+            "description": f"{item.rule} ({item.task}): {item.message} Hint: {item.hint} See {item.docs}",
             "check_name": item.rule,
             "fingerprint": fingerprint(item),
             "severity": _GITLAB_SEVERITY[item.level],
@@ -227,7 +234,7 @@ def markdown(report: Report, *, prefix: str | None = None) -> str:
         path = _path(item, prefix)
         where = f"`{path}:{item.line}`" if path and item.line else (f"`{path}`" if path else "")
         lines.append(
-            f"| {_cell(level)} | `{item.rule}` | `{_cell(item.task)}` | {_cell(where)} | "
+            f"| {_cell(level)} | [`{item.rule}`]({item.docs}) | `{_cell(item.task)}` | {_cell(where)} | "
             f"{_cell(item.message)} | {_cell(item.hint)} |"
         )
     return "\n".join(lines) + "\n"

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from deploykit.scan.engine import BREAKING, Group, Report, Verdict
-from deploykit.scan.findings import unchecked_data
+from deploykit.scan.findings import unchecked_data, verdict_docs, verdict_rule
 
 #: Version 2: ``totals`` and ``groups[].count`` count messages only (beat entries moved to
 #: ``beat{}`` and ``groups[].beat_entries``); ``totals.breaking`` no longer includes beat entries.
@@ -56,6 +56,9 @@ def document(report: Report, *, new: str, old: str | None, broker: str | None) -
                 "latest_eta": g.latest_eta,
                 "expired": g.expired,
                 "sample_ids": g.samples,
+                # The WAITING_* rule of the verdict and its page (null for runs).
+                "rule": verdict_rule(g.verdict),
+                "docs": verdict_docs(g.verdict),
             }
             for g in report.sorted_groups()
         ],
@@ -137,6 +140,9 @@ def render_text(report: Report, out: Any) -> None:
                 out.print(f"            {prefix}{reason}", highlight=False)
         if g.expired:
             out.print(f"            {g.expired} of them expired (expires in the past): they will be dropped")
+        docs = verdict_docs(g.verdict)
+        if docs:
+            out.print(f"            docs: {docs}", highlight=False, soft_wrap=True)
     for task, count in sorted(report.oversized.items()):
         largest = max(report.largest.get(task, [(0, "?")]))
         out.print(
@@ -174,8 +180,11 @@ def render_github(report: Report, write: Any) -> None:
             continue
         shown[kind] += 1
         title = _escape_property(f"deploykit scan: {_size(g)} of {g.task} {g.verdict.value}")
-        reasons = _reasons(g)
-        write(f"::{kind} title={title}::{_escape_data(reasons or g.verdict.value)}\n")
+        message = _reasons(g) or g.verdict.value
+        docs = verdict_docs(g.verdict)
+        if docs:
+            message += f" See {docs}"
+        write(f"::{kind} title={title}::{_escape_data(message)}\n")
     incomplete = report.incomplete_summary()
     if incomplete:
         title = _escape_property("deploykit scan: incomplete")
@@ -195,9 +204,9 @@ def render_github(report: Report, write: Any) -> None:
         ]
         for g in report.sorted_groups():
             why = _reasons(g).replace("|", "\\|")
-            lines.append(
-                f"| `{g.task}` | {g.verdict.value} | {g.count} | {g.beat} | {_where(g.locations)} | {why} |"
-            )
+            docs = verdict_docs(g.verdict)
+            verdict = f"[{g.verdict.value}]({docs})" if docs else g.verdict.value
+            lines.append(f"| `{g.task}` | {verdict} | {g.count} | {g.beat} | {_where(g.locations)} | {why} |")
         text = "\n".join(lines) + "\n"
         with open(summary, "a", encoding="utf-8") as handle:
             handle.write(text[: 1024 * 1000])

@@ -34,6 +34,20 @@ _RULES = {
 }
 
 
+def verdict_rule(verdict: Verdict) -> str | None:
+    """The ``WAITING_*`` rule ID of a verdict (``None`` for ``runs``): its page explains it."""
+    rule = _RULES.get(verdict)
+    return rule[0] if rule else None
+
+
+def verdict_docs(verdict: Verdict) -> str | None:
+    """The documentation page of a verdict's rule (see :func:`deploykit.docs.rule_url`)."""
+    from deploykit.docs import rule_url
+
+    rule = verdict_rule(verdict)
+    return rule_url(rule) if rule else None
+
+
 def _plural(count: int, one: str, many: str) -> str:
     return f"{count} {one if count == 1 else many}"
 

@@ -170,7 +170,8 @@ def test_ci_formats(shop: tuple[Path, Path], tmp_path: Path) -> None:
     deploykit(r2, "check", "--format", "markdown", "--report", f"gitlab={report}")
     assert len(json.loads(report.read_text())) == 12
     markdown = deploykit(r2, "check", "--format", "markdown", "--fail-on", "never")
-    assert markdown.returncode == 0 and "| error | `PARAM_MOVED` |" in markdown.stdout
+    page = "https://deploykit.readthedocs.io/en/stable/rules/param-moved/"
+    assert markdown.returncode == 0 and f"| error | [`PARAM_MOVED`]({page}) |" in markdown.stdout
 
 
 def test_usage_errors_exit_2(shop: tuple[Path, Path], tmp_path: Path) -> None:
@@ -301,3 +302,11 @@ def test_rules_listing(tmp_path: Path) -> None:
     listed = json.loads(result.stdout)["rules"]
     assert [r["id"] for r in listed] == list(RULES)
     assert {r["level"] for r in listed} == {"error", "warning", "info"}
+    assert listed[0]["docs"] == "https://deploykit.readthedocs.io/en/stable/rules/task-removed/"
+    mirrored = deploykit(
+        tmp_path, "manifest", "rules", env={"DEPLOYKIT_DOCS_URL": "https://docs.example.com/dk"}
+    )
+    assert mirrored.returncode == 0
+    assert mirrored.stdout.splitlines()[1].strip() == "https://docs.example.com/dk/task-removed/"
+    bad = deploykit(tmp_path, "manifest", "rules", env={"DEPLOYKIT_DOCS_URL": "not a url"})
+    assert bad.returncode == 2 and "DEPLOYKIT_DOCS_URL must be an absolute URL" in bad.stderr

@@ -95,3 +95,18 @@ def test_an_incomplete_check_is_never_ok_and_failing_findings_still_win() -> Non
     finding = failing.document()["findings"][0]
     assert finding["data"] is None
     assert json.loads(out.to_json(failing))["incomplete"]["unchecked"] == 15
+
+
+def test_every_format_links_the_rule_page(monkeypatch) -> None:
+    """One URL builder (deploykit.docs.rule_url, configurable base) behind every format."""
+    monkeypatch.setenv("DEPLOYKIT_DOCS_URL", "https://mirror.example.org/dk/")
+    page = "https://mirror.example.org/dk/param-removed/"
+    report = _report(TRICKY)
+    assert report.document()["findings"][0]["docs"] == page
+    assert f"docs: {page}" in out.text(report)
+    assert out.github(report).splitlines()[0].endswith(f"Hint: keep it See {page}")
+    (issue,) = json.loads(out.gitlab(report))
+    # GitLab's Code Quality subset has no link field: the page ends the description.
+    assert set(issue) == {"description", "check_name", "fingerprint", "severity", "location"}
+    assert issue["description"].endswith(f"See {page}") and issue["check_name"] == "PARAM_REMOVED"
+    assert f"| [`PARAM_REMOVED`]({page}) |" in out.markdown(report)

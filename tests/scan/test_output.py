@@ -93,7 +93,30 @@ def test_github_annotations_and_summary(tmp_path, monkeypatch):
     assert lines[1].startswith("::warning title=deploykit scan%3A 1 message(s) of t.notify undecidable::")
     assert lines[-1].startswith("deploykit scan: UNSAFE  13 message(s) checked")
     text = summary.read_text()
-    assert "| `t.notify` | fails | 12 | 0 | queue:celery x12 |" in text
+    fails = "https://deploykit.readthedocs.io/en/stable/rules/waiting-fails/"
+    assert f"| `t.notify` | [fails]({fails}) | 12 | 0 | queue:celery x12 |" in text
+    assert lines[0].rstrip().endswith(f"See {fails}")
+
+
+def test_every_breaking_or_undecidable_group_links_its_rule_page(monkeypatch):
+    """The WAITING_* rule's page, from the one URL builder (configurable base), in every format."""
+    monkeypatch.setenv("DEPLOYKIT_DOCS_URL", "https://mirror.example.org/dk")
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    fails = "https://mirror.example.org/dk/waiting-fails/"
+    undecidable = "https://mirror.example.org/dk/waiting-undecidable/"
+    doc = out.document(report(), new="app proj", old=None, broker=None)
+    links = {(g["verdict"], g["rule"], g["docs"]) for g in doc["groups"]}
+    assert links == {
+        ("fails", "WAITING_FAILS", fails),
+        ("undecidable", "WAITING_UNDECIDABLE", undecidable),
+        ("runs", None, None),
+    }
+    buffer = io.StringIO()
+    out.render_text(report(), Console(file=buffer, width=200, no_color=True))
+    assert f"docs: {fails}" in buffer.getvalue() and f"docs: {undecidable}" in buffer.getvalue()
+    lines: list[str] = []
+    out.render_github(report(), lines.append)
+    assert lines[0].rstrip().endswith(f"See {fails}") and lines[1].rstrip().endswith(f"See {undecidable}")
 
 
 def test_text_blocks_worst_first():
