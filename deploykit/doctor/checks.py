@@ -21,6 +21,7 @@ from deploykit.doctor.model import (
     ProcessManagerEntry,
     TaskPolicy,
 )
+from deploykit.output.humanize import listed
 
 #: kombu's default ``visibility_timeout`` per transport (kombu/transport/redis.py, SQS/__init__.py).
 DEFAULT_VISIBILITY_TIMEOUT = {"redis": 3600.0, "sqs": 1800.0}
@@ -76,11 +77,6 @@ def fmt_seconds(value: float) -> str:
     if value >= 60 and value % 60 == 0:
         return f"{value / 60:g}m ({value:g}s)"
     return f"{value:g}s"
-
-
-def _names(items: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def user_tasks(source: ConfigSource) -> list[TaskPolicy]:
@@ -158,7 +154,7 @@ def check_acks(audit: Audit) -> Iterator[Finding]:
                 reject = tasks[name].reject_on_worker_lost if name in tasks else global_reject
                 (protected if truthy(reject) or retry_lost else unprotected).append(name)
         if unprotected is None or unprotected:
-            which = "every task" if unprotected is None else _names(unprotected)
+            which = "every task" if unprotected is None else listed(unprotected)
             yield Finding(
                 "acks-late-without-reject",
                 Level.ERROR,
@@ -338,7 +334,7 @@ def check_delayed_delivery_exchange(audit: Audit) -> Iterator[Finding]:
             "delayed-delivery-direct-exchange",
             Level.WARNING,
             "native delayed delivery does not apply to quorum queues bound to a direct exchange",
-            f"Quorum queue(s) {_names(direct)} are bound to direct exchanges. Celery 5.5+ binds "
+            f"Quorum queue(s) {listed(direct)} are bound to direct exchanges. Celery 5.5+ binds "
             "its celery_delayed_* exchanges only to non-direct exchanges (it skips direct ones "
             "with a warning), so countdown/ETA tasks for these queues are held unacknowledged "
             "in worker memory: they count against the now static prefetch and hit RabbitMQ's "
@@ -510,7 +506,7 @@ def check_time_limits(audit: Audit) -> Iterator[Finding]:
             tasks_unbounded = [t.name for t in tasks if t.runtime_bound is None] if tasks else ["*"]
         if not tasks_unbounded:
             continue
-        which = "no task" if tasks_unbounded == ["*"] else _names(tasks_unbounded)
+        which = "no task" if tasks_unbounded == ["*"] else listed(tasks_unbounded)
         yield Finding(
             "no-time-limit",
             Level.WARNING,
@@ -561,11 +557,11 @@ def check_drift(audit: Audit) -> Iterator[Finding]:
                 differing.setdefault(repr(value), []).append(worker.origin)
         if not differing:
             continue
-        listed = "; ".join(f"{', '.join(origins)}: {value}" for value, origins in differing.items())
+        drifted = "; ".join(f"{', '.join(origins)}: {value}" for value, origins in differing.items())
         yield Finding(
             "setting-drift",
             Level.WARNING,
-            f"{key} differs: {reference.origin} has {expected!r}; {listed}",
+            f"{key} differs: {reference.origin} has {expected!r}; {drifted}",
             "What runs is not what the code says (an environment variable, an old release, a "
             "different settings module). Every other finding is only as good as the settings it "
             "was computed from, and a mixed fleet acknowledges, retries and times out "

@@ -17,6 +17,7 @@ from deploykit.manifest import model
 from deploykit.manifest.diff import diff
 from deploykit.manifest.rules import Finding, Level
 from deploykit.manifest.suppress import IgnoreEntry, apply_suppressions
+from deploykit.output.humanize import listed
 
 FAIL_ON = ("error", "warning", "info", "never")
 REPORT_SCHEMA = "deploykit.findings/1"
@@ -221,8 +222,7 @@ class Staleness:
             ("beat entries changed", self.beat_modified),
         ):
             if names:
-                shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-                parts.append(f"{label}: {shown}")
+                parts.append(f"{label}: {listed(names)}")
         if self.beat_changed and not (self.beat_added or self.beat_removed or self.beat_modified):
             parts.append("beat schedule reordered")
         fix = "run `deploykit manifest snapshot` and commit it"

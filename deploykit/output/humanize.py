@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 def duration(seconds: float | None) -> str:
     """``3725`` -> ``1h 2m``; ``42.5`` -> ``42s``; negative -> ``overdue 5s``."""
@@ -20,6 +22,12 @@ def duration(seconds: float | None) -> str:
     if minutes:
         return f"{minutes}m {secs}s"
     return f"{secs}s"
+
+
+def listed(names: Sequence[str], limit: int = 5) -> str:
+    """``a, b, c``; a long list as its first ``limit`` names and how many more (one line)."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def count(value: int | None) -> str:

@@ -24,6 +24,7 @@ from deploykit.manifest.builtins import builtin_tasks
 from deploykit.manifest.diff import parameter_renames
 from deploykit.manifest.model import BeatEntry, Manifest, Task
 from deploykit.messages import NO_HEADERS
+from deploykit.output.humanize import listed
 from deploykit.scan.bind import Param, TaskSpec
 from deploykit.scan.decode import DecodedMessage, TaskCall, _shape_from_repr
 from deploykit.scan.engine import Item, Judge, Report, Unchecked, judge_raw, scan
@@ -146,13 +147,6 @@ _NOTHING_WAITS = {
     ReadRefusal.UNKNOWN_QUEUE: "the broker does not know them",
     ReadRefusal.NOT_A_TASK_QUEUE: "streams, not task queues",
 }
-
-
-def listed(names: Sequence[str], shown: int = 5) -> str:
-    """``a, b, c`` or, for a long list, its first ``shown`` names and how many more."""
-    if len(names) <= shown + 1:
-        return ", ".join(names)
-    return ", ".join(names[:shown]) + f" and {len(names) - shown} more"
 
 
 def _queues(names: Sequence[str]) -> str:
