@@ -1,8 +1,9 @@
 """The real fleet: kombu's pidbox mailbox, driven so replies never wait out a fixed timeout.
 
 Celery's ``inspect`` collects replies until none arrives for ``timeout`` seconds, unless it knows
-how many replies to expect (``limit``; celery-internals §1.1, kombu ``Mailbox._collect``). We know:
-the broker lists the workers' mailboxes, so we ping exactly those and stop when all answered. We
+how many replies to expect (``limit``: Celery ``app/control.py`` ``Inspect``, kombu ``pidbox.py``
+``Mailbox._collect``). We know: the broker lists the workers' mailboxes, so we ping exactly those
+and stop when all answered. We
 also send every inspect command at once, each with its own ticket, and collect all replies on the
 shared reply queue in one wait — one round trip instead of one per command.
 """
