@@ -235,7 +235,8 @@ def _queue_for(delivery_info: Mapping[str, Any] | None, declared: Sequence[Mappi
     names = [str(q.get("name")) for q in declared]
     if isinstance(routing_key, str) and routing_key in names:
         return routing_key
-    # Native delayed delivery rewrites the routing key to '<28 bits>.<rk>' (celery-internals §4.3).
+    # Native delayed delivery rewrites the routing key to '<28 bits>.<rk>'
+    # (kombu/transport/native_delayed_delivery.py, calculate_routing_key).
     if isinstance(routing_key, str) and "." in routing_key:
         tail = routing_key.rsplit(".", 1)[-1]
         if tail in names:
@@ -251,7 +252,7 @@ def _held(
     priority = delivery.get("priority") if isinstance(delivery, Mapping) else None
     return HeldTask(
         id=request.get("id"),
-        # 'type' is the real task name; 'name' may be a shadow name (celery-internals §1.2).
+        # 'type' is the real task name; 'name' may be a shadow name (celery/worker/request.py, Request.info).
         name=request.get("type") or request.get("name"),
         worker=worker,
         state=state,

@@ -1,7 +1,7 @@
 """Task messages as brokers store them: the headers deploykit reads, and a fast JSON reader.
 
 Protocol v2 keeps the task name, id, ETA, expiry and argument reprs in plain headers
-(celery-internals §2.1), so most questions about a waiting message need no body at all.
+(celery/app/amqp.py, AMQP.as_task_v2), so most questions about a waiting message need no body at all.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Workers that answer ``ping`` can still leave a queue unprocessed: a cancelled consumer, every
 pool process stuck in a long task, a binding gone. The only check that proves a queue works is a
-task that goes through it (prior-art §3, #21). The probe is Celery's built-in ``celery.accumulate``
+task that goes through it (celery/celery#4079). The probe is Celery's built-in ``celery.accumulate``
 (``celery/app/builtins.py``): every worker has it registered, whatever the app, and it only
 returns its arguments.
 

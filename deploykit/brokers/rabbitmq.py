@@ -1,6 +1,6 @@
 """RabbitMQ: queue counts from the management HTTP API and AMQP passive declares.
 
-Where each number comes from (measured against RabbitMQ 3.10.8, celery-internals §4):
+Where each number comes from (measured against RabbitMQ 3.10.8):
 
 * **ready** and **consumers**: an AMQP ``queue.declare(passive=True)`` per queue. Its answer is
   the queue process's own state at that instant. The management API's counters instead refresh
@@ -11,8 +11,8 @@ Where each number comes from (measured against RabbitMQ 3.10.8, celery-internals
   round trip (50 declares took 5 ms locally), so fresh ready counts are cheap.
 * **unacked**, **queue type** and **arguments**: the management API (``GET /api/queues/{vhost}``
   with ``columns=…``, one request per 500 queues). AMQP has no way to count unacknowledged
-  deliveries: ``message_count`` is ready messages only (celery-internals §4.1). These values lag
-  by up to one statistics interval; ``None`` when the API has not reported them yet.
+  deliveries: ``message_count`` (AMQP 0-9-1 ``queue.declare-ok``) is ready messages only. These
+  values lag by up to one statistics interval; ``None`` when the API has not reported them yet.
 
 Mixing a fresh ready count with a lagging unacked count can, for a few seconds, miss a message
 that just moved from ready to unacked (it is in neither number). deploykit never decides "idle"
@@ -22,8 +22,10 @@ unacked) only makes a queue look busy a little longer, which is safe.
 
 Without the management API (port closed, plugin disabled, HTTP 401) the counts fall back to AMQP
 only: ready and consumers are known, unacked is ``None`` (unknown, never ``0``), and the report
-says so in its notes. Neither AMQP nor the API can read messages without consuming them
-(celery-internals §4.2), so :meth:`Broker.iter_messages` keeps its default (``ReadRefused``).
+says so in its notes. Neither AMQP nor the API can read messages without consuming them (the
+API's ``POST /api/queues/{vhost}/{name}/get`` alters the queue's state,
+https://www.rabbitmq.com/docs/http-api-reference), so :meth:`Broker.iter_messages` keeps its
+default (``ReadRefused``).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ from deploykit.errors import DeploykitError, Unavailable, UsageError
 from deploykit.messages import StoredHeaders
 
 #: RabbitMQ's default delivery acknowledgement timeout, 30 minutes since 3.8.17
-#: (https://www.rabbitmq.com/docs/consumers#acknowledgement-timeout; celery-internals §4.4).
+#: (https://www.rabbitmq.com/docs/consumers#acknowledgement-timeout).
 DEFAULT_CONSUMER_TIMEOUT = 1800.0
 #: A few fields instead of the full queue objects, which are large (rates, garbage-collection
 #: details). ``policy`` is not used yet: it is here so a policy-set ``consumer-timeout`` (3.12+)
@@ -106,8 +108,8 @@ class QueueProbe:
     """Passive declares on one AMQP connection (a kombu ``Connection`` with the pyamqp transport).
 
     A passive declare of a missing queue is answered with ``404 NOT_FOUND`` *and closes the
-    channel* (AMQP 0-9-1 ``queue.declare`` ``passive`` bit; celery-internals §4.1), so the channel
-    is replaced after each refusal and reused otherwise.
+    channel* (AMQP 0-9-1 ``queue.declare`` ``passive`` bit), so the channel is replaced after each
+    refusal and reused otherwise.
     """
 
     def __init__(self, connection: Any) -> None:
@@ -429,7 +431,7 @@ class RabbitMQBroker(Broker):
         else:
             declared = self._declare_all(names)
             # Without the queue list, look for the queue every delayed publish enters first
-            # (Celery's send_task hard-codes celery_delayed_27, celery-internals §4.3).
+            # (Celery's send_task hard-codes celery_delayed_27: celery/app/base.py, Celery.send_task).
             entry = f"celery_delayed_{DELAYED_LEVELS - 1}"
             first = self._declare_all([entry])
             delayed_names = []
@@ -499,10 +501,11 @@ class RabbitMQBroker(Broker):
         self, queue: str, limit: int, *, allow_quorum: bool = False
     ) -> tuple[list[RawMessage], str]:
         """Sample up to ``limit`` messages through the management API's ``get`` — which is not a
-        read: RabbitMQ has no non-destructive peek (celery-internals §4.2). ``ack_requeue_true``
-        puts them back: in place but marked ``redelivered`` on classic queues; at the back, with
-        ``x-delivery-count`` raised, on quorum queues (where RabbitMQ 4's default delivery limit of
-        20 then drops or dead-letters them), so quorum queues are refused unless allowed.
+        read: RabbitMQ has no non-destructive peek (https://www.rabbitmq.com/docs/http-api-reference,
+        ``POST /api/queues/{vhost}/{name}/get``). ``ack_requeue_true`` puts them back: in place but
+        marked ``redelivered`` on classic queues; at the back, with ``x-delivery-count`` raised, on
+        quorum queues (where RabbitMQ 4's default delivery limit of 20 then drops or dead-letters
+        them), so quorum queues are refused unless allowed.
         """
         rows = self._management_queues()
         if rows is None:
@@ -595,7 +598,7 @@ def _peeked(queue: str, item: Mapping[str, Any]) -> RawMessage:
     props: dict[str, Any] = found if isinstance(found, dict) else {}
     found = props.get("headers")
     headers: dict[str, Any] = found if isinstance(found, dict) else {}
-    # The API shows AMQP void (None) header values as the string "undefined" (celery-internals §2.1).
+    # The API shows AMQP void (None) header values as the string "undefined".
     headers = {k: (None if v == "undefined" else v) for k, v in headers.items()}
     size = item.get("payload_bytes")
     return RawMessage(

@@ -2,7 +2,8 @@
 
 A policy (or an operator policy) can set ``consumer-timeout``, ``delivery-limit`` or the queue type
 without any trace in the application's code. The management API reports the result per queue as
-``policy`` and ``effective_policy_definition`` (``GET /api/queues/{vhost}``; celery-internals §4.2).
+``policy`` and ``effective_policy_definition`` (``GET /api/queues/{vhost}``,
+https://www.rabbitmq.com/docs/http-api-reference).
 Failures become ``None`` plus a note: the audit still runs without them.
 """
 

@@ -1,9 +1,16 @@
 """The checks: pure functions from an :class:`~deploykit.doctor.model.Audit` to findings.
 
-Each check knows one way a Celery deployment loses or duplicates tasks (celery-internals §3.3,
-§4.3, §4.4, §5; prior-art §3 and §5.6). Checks that read settings run once per configuration
-source (the app's code and every live worker); identical findings are merged afterwards, so a
-fleet of ten identical workers gives one finding that names them all.
+Each check knows one way a Celery deployment loses or duplicates tasks, as documented upstream
+(Redis visibility timeout:
+https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#caveats;
+RabbitMQ delivery acknowledgement timeout:
+https://www.rabbitmq.com/docs/consumers#acknowledgement-timeout; quorum queues and native delayed
+delivery:
+https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/rabbitmq.html#using-quorum-queues;
+worker shutdown: https://docs.celeryq.dev/en/stable/userguide/workers.html#worker-stopping) and as
+reported (celery/celery#1628, #2599, #6760, #9849, #2700). Checks that read settings run once per
+configuration source (the app's code and every live worker); identical findings are merged
+afterwards, so a fleet of ten identical workers gives one finding that names them all.
 """
 
 from __future__ import annotations

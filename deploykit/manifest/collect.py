@@ -150,7 +150,10 @@ def _class_line(filename: str, before: int, class_name: str) -> int | None:
 
 
 def _route(app: Any, name: str, options: dict[str, Any], task: Any) -> str | None:
-    """The queue a call with no call-time options and empty args routes to (celery-internals §7)."""
+    """The queue a call with no call-time options and empty args routes to.
+
+    Celery's own routing decides it (celery/app/routes.py, Router.route).
+    """
     try:
         route = app.amqp.router.route(options, name, (), {}, task)
     except Exception:  # a router function that needs real arguments

@@ -1,7 +1,8 @@
 """``drain``: stop intake on selected workers/queues, then wait until they hold no work.
 
-Modelled on ``kubectl drain`` (cordon → evict with a budget → wait, prior-art §1.9) and Sidekiq's
-quiet (§1.5)::
+Modelled on ``kubectl drain`` (cordon → evict with a budget → wait,
+https://kubernetes.io/docs/reference/kubectl/generated/kubectl_drain) and Sidekiq's quiet
+(https://github.com/sidekiq/sidekiq/wiki/Signals)::
 
     SELECT ──► BUDGET ──► CANCEL ──► CONFIRM ──► WAIT ──► DRAINED
       │          │                      │          ├────► TIMEOUT (workers stay quiet, or rollback)
@@ -15,7 +16,8 @@ quiet (§1.5)::
 Every consumer is written to the record *before* ``cancel_consumer`` is sent, so a crash between
 the two leaves a record ``resume`` can act on (re-adding a consumer that is still there is a no-op).
 ``cancel_consumer`` leaves reserved/prefetched messages in the worker, which still runs them
-(celery-internals §1.2, §5.2): that is why the wait counts ``active`` *and* ``reserved``.
+(celery/worker/consumer/consumer.py, Consumer.cancel_task_queue only stops the queue's consumer):
+that is why the wait counts ``active`` *and* ``reserved``.
 """
 
 from __future__ import annotations
@@ -166,7 +168,11 @@ class DrainResult:
 
 
 def eta_fate(broker_kind: str, visibility_timeout: float | None = None) -> str:
-    """What happens to ETA tasks a drained worker holds, per broker (celery-internals §3.3, §5.2)."""
+    """What happens to ETA tasks a drained worker holds, per broker.
+
+    Redis: kombu/transport/virtual/base.py, QoS.restore_unacked_once; RabbitMQ:
+    https://www.rabbitmq.com/docs/confirms#automatic-requeueing.
+    """
     if broker_kind == "redis":
         vt = f"{visibility_timeout:g} s" if visibility_timeout else "visibility_timeout (1 h by default)"
         return (

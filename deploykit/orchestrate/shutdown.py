@@ -5,11 +5,12 @@
     SELECT ──► SNAPSHOT ──► SEND ──► WAIT_GONE ──► VERIFY ──► DONE
       └► UNAVAILABLE                   └────────────┴──────► TIMEOUT
 
-The ``shutdown`` control never replies (celery-internals §0.3): the worker raises
-``WorkerShutdown`` before answering. We confirm by the worker no longer answering ``ping``, then
+The ``shutdown`` control never replies: the worker raises ``WorkerShutdown`` before answering
+(celery/worker/control.py, ``shutdown``; kombu/pidbox.py, ``Node.dispatch`` re-raises
+``SystemExit`` before the reply). We confirm by the worker no longer answering ``ping``, then
 check the broker: on Redis the reserved/prefetched/ETA messages it held leave the ``unacked`` hash
-(``restore_unacked_once`` at warm shutdown, §3.3). On RabbitMQ the broker requeues a channel's
-unacknowledged deliveries the moment the channel closes
+(kombu/transport/virtual/base.py, ``QoS.restore_unacked_once`` at warm shutdown). On RabbitMQ the
+broker requeues a channel's unacknowledged deliveries the moment the channel closes
 (https://www.rabbitmq.com/docs/confirms#automatic-requeueing), so the queues' ready count, read by
 an AMQP passive declare (``message_count`` is ready messages, exact at that instant), rises by what
 the worker held: that confirms the return at once. The management API's unacked statistics, which

@@ -336,7 +336,7 @@ def decode(message: RawMessage) -> DecodedMessage | Undecodable:
         return fail(f"body is not valid {content_type}: {type(exc).__name__}")
 
     if task_name is None:
-        # Protocol v1: everything is in a body dict (celery-internals §2.2).
+        # Protocol v1: everything is in a body dict (celery/app/amqp.py, AMQP.as_task_v1).
         if isinstance(payload, dict) and isinstance(payload.get("task"), str):
             task_name = payload["task"]
             task_id = payload.get("id") if isinstance(payload.get("id"), str) else task_id

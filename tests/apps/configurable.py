@@ -26,7 +26,7 @@ app.conf.update(
 )
 if os.environ.get("DEPLOYKIT_TEST_QUORUM_DIRECT"):
     # Quorum queues on direct exchanges: Celery skips native delayed delivery for them, so ETA
-    # tasks stay in worker memory (celery-internals §4.3) — what doctor must point out.
+    # tasks stay in worker memory (celery/app/base.py, Celery.send_task) — what doctor must point out.
     app.conf.task_queues = [
         Queue(
             "celery",

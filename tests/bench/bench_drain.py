@@ -1,7 +1,7 @@
 """Benchmark: drain reaction time and rolling-restart overhead, next to the copied preStop pattern.
 
 * Reaction time: from the last in-flight task finishing (its own timestamp, written to a ledger)
-  to ``deploykit drain`` exiting. The preStop pattern (prior-art §1.10: ``celery control
+  to ``deploykit drain`` exiting. The preStop pattern (as in celery/celery#6541: ``celery control
   cancel_consumer`` then ``celery inspect active`` every few seconds) is measured on the same fleet.
 * Restart overhead: ``deploykit restart --supervisor … --batch 1`` of 3 idle workers, minus the sum
   of the three workers' own start times (supervisord start → answering ping). The preStop pattern
