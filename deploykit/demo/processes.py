@@ -140,8 +140,15 @@ class WorkerProcess:
             self.process.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
-        if self.alive():
+        """SIGKILL to the worker's whole process group (its pool's children too), also when the
+        main process has died but was not reaped yet. Once reaped, its pid (the group's id) may
+        belong to another process, so nothing is sent."""
+        if self.process.returncode is not None:
+            return
+        try:
             os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def wait(self, timeout: float = 30) -> int | None:
         try:

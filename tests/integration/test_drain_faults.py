@@ -21,7 +21,9 @@ from tests.orchestrate.live import (
     wait_for,
 )
 
-pytestmark = pytest.mark.integration
+# `make test-faults`: a broker restart under a running drain is a fault drill, not a unit of the
+# everyday suite (which has drain/resume on Redis and RabbitMQ).
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 
 def _redis_server(port: int, workdir: Path) -> subprocess.Popen[bytes]:

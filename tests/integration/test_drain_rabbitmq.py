@@ -55,7 +55,8 @@ def test_drain_resume_and_shutdown_on_rabbitmq(rabbitmq_url, rabbitmq_vhost, sta
     wait_for(lambda: succeeded(w1.log()) == 4, timeout=10)
 
     # shutdown: 1 running, 2 prefetched, 1 ETA -> the 3 held come back to the queue
-    send(rabbitmq_url, "tests.apps.basic.sleep", (1.5,))
+    # Long enough to be still running when the CLI looks, even on a loaded machine (parallel tests).
+    send(rabbitmq_url, "tests.apps.basic.sleep", (4,))
     send(rabbitmq_url, "tests.apps.basic.add", (1, 1))
     send(rabbitmq_url, "tests.apps.basic.add", (2, 2))
     send(rabbitmq_url, "tests.apps.basic.add", (3, 3), countdown=600)

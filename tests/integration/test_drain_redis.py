@@ -129,7 +129,8 @@ def test_worker_sigkilled_during_drain_is_a_clear_failure(redis_url, start_worke
 def test_shutdown_hands_back_reserved_and_eta_tasks(redis_url, start_workers):
     (w1,) = start_workers(redis_url, [("w1@dk", ("celery",))], env={"DEPLOYKIT_TEST_PREFETCH": "4"})
     client = _redis(redis_url)
-    send(redis_url, SLEEP, (1.5,))
+    # Long enough to be still running when the CLI looks, even on a loaded machine (parallel tests).
+    send(redis_url, SLEEP, (4,))
     send(redis_url, ADD, (1, 1))
     send(redis_url, ADD, (2, 2))
     send(redis_url, ADD, (3, 3), countdown=600)

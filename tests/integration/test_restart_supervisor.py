@@ -39,6 +39,7 @@ def supervised(redis_url, tmp_path):
         stop_supervisord(proc, url)
 
 
+@pytest.mark.faults  # a soak (20-50 s each): `make test-faults`; `make test` keeps the deploy test below
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
 def test_rolling_restart_under_supervisord_runs_every_task_exactly_once(broker, request, tmp_path):
     broker_url = request.getfixturevalue("redis_url" if broker == "redis" else "rabbitmq_url")
