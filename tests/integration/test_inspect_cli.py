@@ -11,6 +11,7 @@ import pytest
 
 from deploykit.demo.processes import free_port
 from tests.cli import run_deploykit
+from tests.orchestrate.live import wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +34,7 @@ def send(broker_url: str, name: str, args=(), kwargs=None, **options) -> str:
 @pytest.fixture
 def busy_fleet(redis_url, start_workers):
     """Two workers: w1 consumes celery, w2 consumes celery+emails; both hold work."""
-    start_workers(
+    workers = start_workers(
         redis_url,
         [("w1@dk", ("celery",)), ("w2@dk", ("celery", "emails"))],
         env={"DEPLOYKIT_TEST_PREFETCH": "4"},
@@ -47,7 +48,8 @@ def busy_fleet(redis_url, start_workers):
             send(redis_url, "tests.apps.basic.add", (1, 1), queue="reports", priority=p) for p in (0, 5, 9, 9)
         ],
     }
-    time.sleep(2.0)  # let the workers pick up and reserve what they can
+    # The workers took all they can: the 2 sleeps, the 4 ETA tasks and the email (not `reports`).
+    wait_for(lambda: sum(w.log().count("] received") for w in workers) == 7)
     return ids
 
 

@@ -9,18 +9,19 @@ import pytest
 
 from deploykit.demo.processes import free_port
 from tests.integration.test_inspect_cli import deploykit, send
+from tests.orchestrate.live import wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def test_workers_queues_scheduled_on_rabbitmq(rabbitmq_url, start_workers):
-    start_workers(rabbitmq_url, [("r1@dk", ("celery", "emails"))])
+    (worker,) = start_workers(rabbitmq_url, [("r1@dk", ("celery", "emails"))])
     send(rabbitmq_url, "tests.apps.basic.sleep", (8,))
     send(rabbitmq_url, "tests.apps.basic.add", (1, 2), countdown=3600)  # beyond the 30 min consumer_timeout
     send(rabbitmq_url, "tests.apps.basic.add", (1, 2), countdown=60)
     for _ in range(3):
         send(rabbitmq_url, "tests.apps.basic.add", (5, 5), queue="reports")
-    time.sleep(1.5)
+    wait_for(lambda: worker.log().count("] received") == 3)  # the running task and the two ETA ones
 
     workers = json.loads(deploykit("workers", "--json", "-b", rabbitmq_url).stdout)
     assert [w["hostname"] for w in workers["workers"]] == ["r1@dk"]
