@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -174,12 +175,22 @@ def start_supervisord(tmp: Path, broker_url: str, ledger: Path, nodes: tuple[str
 
 
 def stop_supervisord(proc: Any, url: str) -> None:
+    """Clean-up once a test is done with the fleet: supervisord shuts down, and its workers are
+    SIGKILLed at once rather than warm-stopped (each runs in its own process group, which
+    supervisord sets up for ``killasgroup``), so no test waits out their running tasks."""
     import xmlrpc.client
 
     from deploykit.orchestrate.adapters import supervisor_proxy
 
     try:
-        supervisor_proxy(url).supervisor.shutdown()
+        proxy = supervisor_proxy(url)
+        groups = [info["pid"] for info in proxy.supervisor.getAllProcessInfo() if info["pid"]]
+        proxy.supervisor.shutdown()  # from now on it restarts nothing
+        for pgid in groups:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     except (OSError, xmlrpc.client.Error):
         proc.terminate()
     try:
