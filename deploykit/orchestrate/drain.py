@@ -373,9 +373,15 @@ class DrainMachine:
         self.state = DrainState.CONFIRM
 
     def _unconfirmed(self, records: Sequence[ConsumerRecord], *, present: bool) -> list[ConsumerRecord]:
-        """Records whose queue is (``present``) / is not still consumed, per ``active_queues``."""
-        nodes = sorted({r.worker for r in records})
+        """Records whose queue is (``present``) / is not still consumed, per ``active_queues``.
+        A worker that does not answer counts as a miss (:meth:`_note_missing`) and stays pending."""
+        nodes = sorted({r.worker for r in records if r.worker not in self.lost})
         replies = self.fleet.gather({"active_queues": {}}, nodes)
+        for node in nodes:
+            if replies.get("active_queues", node) is None:
+                self._note_missing(node)
+            else:
+                self._misses[node] = 0
         left = []
         for record in records:
             reply = replies.get("active_queues", record.worker)
@@ -384,7 +390,9 @@ class DrainMachine:
         return left
 
     def _confirm(self) -> None:
-        pending = self._unconfirmed(self.cancelled, present=False)
+        # A worker that stopped answering (killed mid-drain) consumes nothing any more: it is
+        # lost, which the wait reports, not a cancel that failed.
+        pending = [r for r in self._unconfirmed(self.cancelled, present=False) if r.worker not in self.lost]
         if not pending:
             self.state = DrainState.WAIT
             return

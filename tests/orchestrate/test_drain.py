@@ -170,6 +170,28 @@ def test_worker_killed_while_draining_is_a_clear_failure():
     assert "stopped answering" in result.message
 
 
+def test_worker_killed_between_cancel_and_confirmation_is_lost_not_unconfirmed():
+    """The kill lands after cancel_consumer but before the drain's confirming active_queues."""
+    clock = FakeClock()
+    fleet = fleet_of(clock, w1=SimWorker(["celery"], [("a", "active", None)]))
+    original = fleet.control
+
+    def cancel_then_die(command, arguments, destination, *, reply=True):
+        answers = original(command, arguments, destination, reply=reply)
+        if command == "cancel_consumer":
+            fleet.workers["w1@h"].alive = False
+        return answers
+
+    fleet.control = cancel_then_die  # type: ignore[method-assign]
+    result = DrainMachine(
+        fleet, broker(), MemoryRecordStore(), DrainOptions(timeout=30), timing=clock.timing()
+    ).run()
+    assert result.status == "failed" and result.exit_code == 1
+    assert result.lost_workers == ("w1@h",)
+    assert "stopped answering" in result.message
+    assert "not confirmed" not in result.message
+
+
 def test_until_empty_cancels_nothing_and_waits_for_the_broker():
     from deploykit.brokers.base import QueueStats
 

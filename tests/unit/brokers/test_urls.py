@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from deploykit.brokers.urls import (
@@ -122,6 +122,8 @@ def test_redactor_masks_urls_like_mask_url_and_scrubs_passwords_everywhere() -> 
     )
 )
 def test_any_password_is_masked_and_scrubbed(password: str) -> None:
+    # A password of mask characters only ("*", "**") is its own mask: nothing to hide it in.
+    assume(password.strip("*"))
     for pw in (password, quote(password, safe="")):
         url = f"amqp://user:{pw}@host:5672/vh"
         assert mask_url(url) == "amqp://user:***@host:5672/vh"
