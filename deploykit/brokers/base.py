@@ -169,6 +169,9 @@ class Broker(ABC):
     #: ETA): Redis keeps them in its ``unacked`` hash. False where the broker does not expose them
     #: (RabbitMQ): then only the workers themselves can tell.
     shows_unacked: ClassVar[bool] = False
+    #: True when :meth:`iter_pages` / :meth:`iter_messages` read waiting messages without consuming
+    #: them (Redis lists, filesystem queue files). False where the only read is destructive.
+    reads_in_place: ClassVar[bool] = False
 
     def __init__(self, display_url: str) -> None:
         #: The broker URL with its password masked, safe to print.
@@ -201,7 +204,7 @@ class Broker(ABC):
 
     def iter_pages(self, queue: str, *, batch: int = 1000) -> Iterator[StoredPage]:
         """What :meth:`iter_messages` reads, as pages of stored bytes not yet parsed: a big queue's
-        pages can be parsed and judged in other processes (see ``deploykit.scan.parallel``)."""
+        pages are parsed and judged while the next one is read (``deploykit.scan.run``)."""
         raise ReadRefused(
             f"{self.kind} brokers cannot list waiting messages without consuming them",
             ReadRefusal.NO_NON_DESTRUCTIVE_READ,

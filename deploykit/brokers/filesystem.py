@@ -58,6 +58,7 @@ class FilesystemBroker(Broker):
     """Messages and bindings of kombu's filesystem transport, read without moving a file."""
 
     kind: ClassVar[str] = "filesystem"
+    reads_in_place: ClassVar[bool] = True
 
     def __init__(self, url: str, *, transport_options: Mapping[str, Any]) -> None:
         super().__init__(mask_url(url) or "")

@@ -137,6 +137,7 @@ class RedisBroker(Broker):
     kind: ClassVar[str] = "redis"
     #: The ``unacked`` hash holds every message workers hold (reserved, prefetched, ETA).
     shows_unacked: ClassVar[bool] = True
+    reads_in_place: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -295,10 +295,11 @@ def _incompatible_counter(session: Any, manifest: str) -> Any:
     from deploykit.manifest.model import read
     from deploykit.scan.run import run_scan
 
-    if session.broker.kind != "redis":
+    broker = session.broker
+    if not (broker.reads_in_place and broker.shows_unacked):
         raise UsageError(
-            "--incompatible-with needs to read waiting messages without consuming them; "
-            f"{session.broker.kind} cannot: use plain --until-empty"
+            "--incompatible-with needs a broker that lists waiting and held messages without "
+            f"consuming them (Redis); {broker.kind} cannot: use plain --until-empty"
         )
     new = read(Path(manifest))
 

@@ -92,3 +92,17 @@ def test_shutdown_of_a_worker_holding_only_eta_messages_is_verified_without_wait
     assert doc["elapsed"] - gone_after < 2.0, doc
     assert doc["verified_by"] == "queue message count (AMQP)", doc
     assert w1.wait(20) is not None
+
+
+def test_until_empty_incompatible_with_is_refused_where_messages_cannot_be_read_in_place(
+    rabbitmq_url, rabbitmq_vhost, tmp_path
+):
+    """RabbitMQ cannot list waiting messages without consuming them: a usage error, nothing done."""
+    manifest = tmp_path / "new.json"
+    manifest.write_text("{}")
+    args = ("drain", "--until-empty", "--incompatible-with", str(manifest), "--timeout", "5s")
+    proc = deploykit(rabbitmq_url, *args)
+    assert proc.returncode == 2, proc.stderr
+    assert "without consuming them (Redis); rabbitmq cannot: use plain --until-empty" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert _record(rabbitmq_vhost) == 0
