@@ -71,6 +71,7 @@ test-faults: $(VENV)/.dev-installed services
 ## slow: it builds virtual environments, see README)
 REAL_TESTS := $(wildcard tests/real tests/install)
 test-real: $(VENV)/.dev-installed services
+	scripts/real-system-packages
 	$(if $(REAL_TESTS),$(call allow_none,DEPLOYKIT_REAL=1 $(BIN)/python $(PYTEST) --timeout 1800 $(PYTEST_ARGS) $(REAL_TESTS)),@echo "$@: no real-project tests here")
 
 lint: $(VENV)/.dev-installed
