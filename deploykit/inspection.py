@@ -26,7 +26,7 @@ from deploykit.brokers.base import (
 )
 from deploykit.errors import Refused, Unavailable
 from deploykit.fleet.base import Discovery, Fleet, Replies
-from deploykit.messages import parse_time, shorten, task_headers
+from deploykit.messages import TaskHeaders, parse_time, shorten, task_headers
 
 #: The inspect commands ``workers`` and ``status`` send, all at once (one round trip).
 WORKER_COMMANDS: Mapping[str, Mapping[str, Any]] = {
@@ -455,6 +455,30 @@ def _hazards_for(
     return hazards
 
 
+def _broker_entry(
+    headers: TaskHeaders,
+    eta: datetime,
+    now: datetime,
+    *,
+    location: str,
+    queue: str | None,
+    hazards: Sequence[Hazard],
+) -> ScheduledEntry:
+    """A scheduled entry for an ETA message read from the broker (no worker holds it)."""
+    return ScheduledEntry(
+        id=headers.id,
+        name=headers.name,
+        eta=eta,
+        seconds_left=(eta - now).total_seconds(),
+        location=location,
+        worker=None,
+        queue=queue,
+        args=shorten(headers.argsrepr),
+        kwargs=shorten(headers.kwargsrepr),
+        hazards=tuple(hazards),
+    )
+
+
 def _queued_eta(
     broker: Broker,
     queues: Sequence[QueueRow],
@@ -486,17 +510,13 @@ def _queued_eta(
                     continue
                 by_queue[queue.name] += 1
                 entries.append(
-                    ScheduledEntry(
-                        id=headers.id,
-                        name=headers.name,
-                        eta=headers.eta,
-                        seconds_left=(headers.eta - now).total_seconds(),
+                    _broker_entry(
+                        headers,
+                        headers.eta,
+                        now,
                         location="queue",
-                        worker=None,
                         queue=queue.name,
-                        args=shorten(headers.argsrepr),
-                        kwargs=shorten(headers.kwargsrepr),
-                        hazards=tuple(_hazards_for(broker.kind, settings, headers.eta, now, None)),
+                        hazards=_hazards_for(broker.kind, settings, headers.eta, now, None),
                     )
                 )
         except Refused:
@@ -566,17 +586,8 @@ def collect_scheduled(
                 ),
             )
         orphans.append(
-            ScheduledEntry(
-                id=headers.id,
-                name=headers.name,
-                eta=headers.eta,
-                seconds_left=(headers.eta - now).total_seconds(),
-                location="broker-unacked",
-                worker=None,
-                queue=raw.queue,
-                args=shorten(headers.argsrepr),
-                kwargs=shorten(headers.kwargsrepr),
-                hazards=tuple(hazards),
+            _broker_entry(
+                headers, headers.eta, now, location="broker-unacked", queue=raw.queue, hazards=hazards
             )
         )
     queued, waiting = _queued_eta(broker, queues, settings, now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from datetime import datetime, timezone
@@ -132,21 +133,20 @@ def doctor(
         # Snapshot the app before open_fleet() points it at the resolved broker options.
         app_source = source_from_app(user_app) if user_app is not None else None
         app_defs = queue_defs_from_app(user_app) if user_app is not None else []
-        now = datetime.now(timezone.utc)
+        # What every audit is given; the live part adds the broker and the fleet.
+        audit_of = functools.partial(
+            gather_audit,
+            app_source=app_source,
+            app_queue_defs=app_defs,
+            broker_url=settings.broker_url,
+            now=datetime.now(timezone.utc),
+            process_managers=managers,
+            notes=pm_notes,
+        )
         if offline:
             if app_source is None and not managers:
                 raise UsageError("--offline needs an app (-A) or process-manager files to audit")
-            audit = gather_audit(
-                app_source=app_source,
-                app_queue_defs=app_defs,
-                broker=None,
-                fleet=None,
-                broker_url=settings.broker_url,
-                management_url=None,
-                now=now,
-                process_managers=managers,
-                notes=pm_notes,
-            )
+            audit = audit_of(broker=None, fleet=None, management_url=None)
         else:
             from deploykit.brokers import open_broker
             from deploykit.fleet import control_exchange, open_fleet
@@ -155,16 +155,10 @@ def doctor(
                 with open_broker(settings) as opened_broker:
                     fleet = open_fleet(settings, user_app)
                     try:
-                        audit = gather_audit(
-                            app_source=app_source,
-                            app_queue_defs=app_defs,
+                        audit = audit_of(
                             broker=opened_broker,
                             fleet=fleet,
-                            broker_url=settings.broker_url,
                             management_url=settings.management_url,
-                            now=now,
-                            process_managers=managers,
-                            notes=pm_notes,
                             control_exchange=control_exchange(user_app),
                             timeout=settings.timeout,
                         )
@@ -178,18 +172,7 @@ def doctor(
                 reason = unreachable.message.rstrip(".")
                 skipped = f"live part skipped: {reason}; audited the app and the files only"
                 warn(skipped)
-                audit = gather_audit(
-                    app_source=app_source,
-                    app_queue_defs=app_defs,
-                    broker=None,
-                    fleet=None,
-                    broker_url=settings.broker_url,
-                    management_url=None,
-                    now=now,
-                    process_managers=managers,
-                    notes=pm_notes,
-                    offline_reason=skipped,
-                )
+                audit = audit_of(broker=None, fleet=None, management_url=None, offline_reason=skipped)
             if not audit.sources and not managers:
                 raise Unavailable("no worker answered and no app was named with -A: nothing to audit")
         findings = run_checks(audit)
