@@ -3,12 +3,12 @@
 The core of ``deploykit workers | queues | scheduled | status``. It sees the broker and the
 workers only through :class:`~deploykit.brokers.base.Broker` and
 :class:`~deploykit.fleet.base.Fleet`, so it is tested against fakes and, for real, against live
-workers.
+workers. The workers' replies are parsed by :mod:`deploykit.fleet.replies`; this module builds
+the views from them.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,20 +25,9 @@ from deploykit.brokers.base import (
     is_internal_queue,
 )
 from deploykit.errors import Refused, Unavailable
-from deploykit.fleet.base import Discovery, Fleet, Replies
-from deploykit.messages import TaskHeaders, parse_time, shorten, task_headers
-
-#: The inspect commands ``workers`` and ``status`` send, all at once (one round trip).
-WORKER_COMMANDS: Mapping[str, Mapping[str, Any]] = {
-    "stats": {},
-    "active_queues": {},
-    "active": {},
-    "reserved": {},
-    "scheduled": {},
-    "report": {},
-}
-
-_CELERY_VERSION = re.compile(r"celery:(\S+)")
+from deploykit.fleet.base import Discovery, Fleet
+from deploykit.fleet.replies import WORKER_COMMANDS, HeldTask, WorkerInfo, parse_worker
+from deploykit.messages import TaskHeaders, shorten, task_headers
 
 #: At most this many waiting messages are read to find the ETA ones no worker has taken yet
 #: (``scheduled``/``status`` stay quick on a deep queue; ``deploykit scan`` reads them all).
@@ -47,42 +36,6 @@ WAITING_READ_LIMIT = 100_000
 
 # --------------------------------------------------------------------------------------------
 # data
-@dataclass(frozen=True)
-class HeldTask:
-    """A task a worker holds in memory: running (active), reserved/prefetched, or ETA-scheduled."""
-
-    id: str | None
-    name: str | None
-    worker: str
-    state: str  # "active" | "reserved" | "scheduled"
-    queue: str | None
-    eta: datetime | None = None
-    args: str | None = None
-    kwargs: str | None = None
-    priority: int | None = None
-    acknowledged: bool | None = None
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    """One online worker."""
-
-    hostname: str
-    pid: int | None
-    pool: str | None
-    concurrency: int | None
-    prefetch_count: int | None
-    queues: tuple[str, ...]
-    active: int | None
-    reserved: int | None
-    scheduled: int | None
-    uptime: float | None
-    celery_version: str | None
-    tasks: tuple[HeldTask, ...] = ()
-    #: True when some of the inspect commands got no answer in time.
-    partial: bool = False
-
-
 @dataclass(frozen=True)
 class FleetView:
     workers: tuple[WorkerInfo, ...]
@@ -211,118 +164,20 @@ def discover(fleet: Fleet, broker: Broker, control_exchange: str = "celery") -> 
     return Discovery(tuple(sorted(answered)), method="broker-mailboxes", silent=silent)
 
 
-def _pool_name(implementation: Any) -> str | None:
-    if not isinstance(implementation, str):
-        return None
-    # 'celery.concurrency.prefork:TaskPool' -> 'prefork'
-    module = implementation.split(":")[0]
-    return module.rsplit(".", 1)[-1]
+def collect_fleet(
+    fleet: Fleet,
+    broker: Broker,
+    control_exchange: str = "celery",
+    commands: Mapping[str, Mapping[str, Any]] = WORKER_COMMANDS,
+) -> FleetView:
+    """Discover the workers, then ask them everything in a single round trip.
 
-
-def _queue_for(delivery_info: Mapping[str, Any] | None, declared: Sequence[Mapping[str, Any]]) -> str | None:
-    """The queue a delivered message came from, matched against the worker's consumed queues."""
-    if not isinstance(delivery_info, Mapping):
-        return None
-    exchange = delivery_info.get("exchange") or ""
-    routing_key = delivery_info.get("routing_key")
-    for queue in declared:
-        q_exchange = queue.get("exchange") or {}
-        q_exchange_name = q_exchange.get("name", "") if isinstance(q_exchange, Mapping) else ""
-        if queue.get("routing_key") == routing_key and (q_exchange_name or "") == exchange:
-            return str(queue.get("name"))
-    if not exchange and isinstance(routing_key, str):
-        return routing_key
-    names = [str(q.get("name")) for q in declared]
-    if isinstance(routing_key, str) and routing_key in names:
-        return routing_key
-    # Native delayed delivery rewrites the routing key to '<28 bits>.<rk>'
-    # (kombu/transport/native_delayed_delivery.py, calculate_routing_key).
-    if isinstance(routing_key, str) and "." in routing_key:
-        tail = routing_key.rsplit(".", 1)[-1]
-        if tail in names:
-            return tail
-    return routing_key if isinstance(routing_key, str) else None
-
-
-def _held(
-    info: Any, worker: str, state: str, declared: Sequence[Mapping[str, Any]], eta: Any = None
-) -> HeldTask:
-    request = info if isinstance(info, Mapping) else {}
-    delivery = request.get("delivery_info")
-    priority = delivery.get("priority") if isinstance(delivery, Mapping) else None
-    return HeldTask(
-        id=request.get("id"),
-        # 'type' is the real task name; 'name' may be a shadow name (celery/worker/request.py, Request.info).
-        name=request.get("type") or request.get("name"),
-        worker=worker,
-        state=state,
-        queue=_queue_for(delivery, declared),
-        eta=parse_time(eta),
-        args=_repr_args(request.get("args")),
-        kwargs=_repr_args(request.get("kwargs")),
-        priority=priority if isinstance(priority, int) else None,
-        acknowledged=request.get("acknowledged"),
-    )
-
-
-def _repr_args(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):  # already a repr (safe=True, or argsrepr)
-        return value
-    return repr(tuple(value)) if isinstance(value, list) else repr(value)
-
-
-def _count(value: Any) -> int | None:
-    return len(value) if isinstance(value, list) else None
-
-
-def build_worker(node: str, replies: Replies) -> WorkerInfo:
-    """One :class:`WorkerInfo` from the gathered replies of ``node``."""
-    stats = replies.get("stats", node) or {}
-    declared = replies.get("active_queues", node)
-    declared = declared if isinstance(declared, list) else []
-    active = replies.get("active", node)
-    reserved = replies.get("reserved", node)
-    scheduled = replies.get("scheduled", node)
-    report = replies.get("report", node)
-    pool = stats.get("pool") if isinstance(stats, Mapping) else None
-    pool = pool if isinstance(pool, Mapping) else {}
-    version = None
-    if isinstance(report, Mapping) and isinstance(report.get("ok"), str):
-        match = _CELERY_VERSION.search(report["ok"])
-        version = match.group(1) if match else None
-    tasks: list[HeldTask] = []
-    for item in active if isinstance(active, list) else []:
-        tasks.append(_held(item, node, "active", declared))
-    for item in reserved if isinstance(reserved, list) else []:
-        tasks.append(_held(item, node, "reserved", declared))
-    for item in scheduled if isinstance(scheduled, list) else []:
-        if isinstance(item, Mapping):
-            tasks.append(_held(item.get("request"), node, "scheduled", declared, eta=item.get("eta")))
-    uptime = stats.get("uptime") if isinstance(stats, Mapping) else None
-    return WorkerInfo(
-        hostname=node,
-        pid=stats.get("pid") if isinstance(stats, Mapping) else None,
-        pool=_pool_name(pool.get("implementation")),
-        concurrency=pool.get("max-concurrency") if isinstance(pool.get("max-concurrency"), int) else None,
-        prefetch_count=stats.get("prefetch_count") if isinstance(stats, Mapping) else None,
-        queues=tuple(sorted(str(q.get("name")) for q in declared)),
-        active=_count(active),
-        reserved=_count(reserved),
-        scheduled=_count(scheduled),
-        uptime=float(uptime) if isinstance(uptime, (int, float)) else None,
-        celery_version=version,
-        tasks=tuple(tasks),
-        partial=node in replies.missing,
-    )
-
-
-def collect_fleet(fleet: Fleet, broker: Broker, control_exchange: str = "celery") -> FleetView:
-    """Discover the workers, then ask them everything in a single round trip."""
+    ``commands`` narrows what is asked (a subset of :data:`WORKER_COMMANDS`); what is not asked
+    stays unknown (``None``) in each :class:`WorkerInfo`.
+    """
     discovery = discover(fleet, broker, control_exchange)
-    replies = fleet.gather(WORKER_COMMANDS, list(discovery.nodes))
-    workers = tuple(build_worker(node, replies) for node in discovery.nodes)
+    replies = fleet.gather(commands, list(discovery.nodes))
+    workers = tuple(parse_worker(node, replies) for node in discovery.nodes)
     return FleetView(workers=workers, discovery=discovery, partial=tuple(replies.missing))
 
 

@@ -278,7 +278,8 @@ def gather_audit(
             notes=(*all_notes, offline_reason),
             online=False,
         )
-    from deploykit.inspection import FleetView, build_worker
+    from deploykit.fleet.replies import parse_worker
+    from deploykit.inspection import FleetView
 
     discovery = discover(fleet, broker, control_exchange)
     nodes = list(discovery.nodes)
@@ -301,7 +302,7 @@ def gather_audit(
             without_conf.append(node)
         defs.extend(queue_defs_from_worker(node, replies.get("active_queues", node)))
     fleet_view = FleetView(
-        workers=tuple(build_worker(node, replies) for node in nodes),
+        workers=tuple(parse_worker(node, replies) for node in nodes),
         discovery=discovery,
         partial=tuple(replies.missing),
     )

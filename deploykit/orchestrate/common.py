@@ -8,15 +8,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploykit.brokers.base import Broker, is_internal_queue
-from deploykit.fleet.base import Fleet, Replies
-from deploykit.inspection import HeldTask, build_worker, discover
+from deploykit.brokers.base import Broker
+from deploykit.fleet.base import Fleet
+from deploykit.inspection import discover
 
 #: How often the machines poll the workers: reaction time stays well under 0.5 s.
 DEFAULT_TICK = 0.2
-
-#: The commands a drain sends on every tick, all at once (one round trip).
-HELD_COMMANDS: Mapping[str, Mapping[str, Any]] = {"active": {}, "reserved": {}, "scheduled": {}}
 
 
 @dataclass(frozen=True)
@@ -70,17 +67,6 @@ def select_workers(
     return online, [node for node in online if matches(node, patterns)]
 
 
-def consumed_queues(reply: Any) -> dict[str, dict[str, Any]]:
-    """``active_queues`` reply of one worker -> ``{queue name: Queue.as_dict()}`` (task queues only)."""
-    queues: dict[str, dict[str, Any]] = {}
-    if isinstance(reply, list):
-        for item in reply:
-            name = item.get("name") if isinstance(item, Mapping) else None
-            if isinstance(name, str) and not is_internal_queue(name):
-                queues[name] = dict(item)
-    return queues
-
-
 #: Keys of ``Queue.as_dict()`` that ``add_consumer`` may pass on to ``Queue.from_dict`` (kombu).
 _QUEUE_OPTIONS = (
     "queue_arguments",
@@ -118,16 +104,6 @@ def add_consumer_arguments(queue: str, spec: Mapping[str, Any]) -> dict[str, Any
         if spec.get(key) is not None:
             arguments[key] = spec[key]
     return arguments
-
-
-def held_tasks(replies: Replies, node: str) -> list[HeldTask]:
-    """Active, reserved and scheduled tasks of ``node`` from gathered replies."""
-    return list(build_worker(node, replies).tasks)
-
-
-def acknowledged(reply: Any) -> bool:
-    """True for a control reply ``{'ok': …}``."""
-    return isinstance(reply, Mapping) and "ok" in reply and "error" not in reply
 
 
 @dataclass

@@ -33,16 +33,13 @@ from deploykit.brokers.base import Broker
 from deploykit.brokers.records import ConsumerRecord, RecordStore
 from deploykit.errors import ExitCode, Unavailable
 from deploykit.fleet.base import Fleet
-from deploykit.inspection import HeldTask
+from deploykit.fleet.replies import HELD_COMMANDS, HeldTask, consumed_queues, held_tasks
 from deploykit.orchestrate.common import (
-    HELD_COMMANDS,
     Clockwork,
     Progress,
     ProgressCallback,
     Timing,
     add_consumer_arguments,
-    consumed_queues,
-    held_tasks,
     no_progress,
     select_workers,
 )

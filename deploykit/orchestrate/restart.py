@@ -28,13 +28,13 @@ from deploykit.brokers.base import Broker
 from deploykit.brokers.records import RecordStore
 from deploykit.errors import DeploykitError, ExitCode
 from deploykit.fleet.base import Fleet
+from deploykit.fleet.replies import consumed_queues, registered_names, worker_pid
 from deploykit.orchestrate.adapters import Starter, WorkerRef
 from deploykit.orchestrate.common import (
     Clockwork,
     Progress,
     ProgressCallback,
     Timing,
-    consumed_queues,
     listed_mailboxes,
     no_progress,
     select_workers,
@@ -228,11 +228,8 @@ class RestartMachine:
             self.state = RestartState.UNAVAILABLE
             return
         for node in selected:
-            stats = replies.get("stats", node) or {}
-            pid = stats.get("pid") if isinstance(stats, dict) else None
-            self.refs[node] = WorkerRef(
-                node, pid if isinstance(pid, int) else None, tuple(sorted(consumers[node]))
-            )
+            pid = worker_pid(replies.get("stats", node))
+            self.refs[node] = WorkerRef(node, pid, tuple(sorted(consumers[node])))
         size = max(1, self.options.batch)
         groups = [selected[i : i + size] for i in range(0, len(selected), size)]
         self.batches = [BatchReport(i, group) for i, group in enumerate(groups)]
@@ -349,9 +346,7 @@ class RestartMachine:
             for restart in pending:
                 if restart.worker not in answered or restart.worker in replies.missing:
                     continue
-                stats = replies.get("stats", restart.worker) or {}
-                pid = stats.get("pid") if isinstance(stats, dict) else None
-                restart.new_pid = pid if isinstance(pid, int) else None
+                restart.new_pid = worker_pid(replies.get("stats", restart.worker))
                 if self.options.expected_tasks is not None:
                     problem = task_mismatch(
                         replies.get("registered", restart.worker), self.options.expected_tasks
@@ -419,9 +414,9 @@ def _state_for(exc: DeploykitError) -> str:
 
 def task_mismatch(registered: Any, expected: frozenset[str]) -> str | None:
     """Why a `registered` reply does not match the expected task names, or ``None`` when it does."""
-    if not isinstance(registered, list):
+    names = registered_names(registered)
+    if names is None:
         return "no answer to 'registered'"
-    names = {str(item).split(" ", 1)[0] for item in registered}
     wanted = {n for n in expected if not n.startswith("celery.")}
     missing, extra = sorted(wanted - names), sorted(names - wanted)
     if not missing and not extra:

@@ -31,14 +31,12 @@ from deploykit.brokers.base import Broker, QueueReport
 from deploykit.brokers.records import RecordStore
 from deploykit.errors import DeploykitError, ExitCode
 from deploykit.fleet.base import Fleet
+from deploykit.fleet.replies import HELD_COMMANDS, consumed_queues, held_tasks, worker_pid
 from deploykit.orchestrate.common import (
-    HELD_COMMANDS,
     Clockwork,
     Progress,
     ProgressCallback,
     Timing,
-    consumed_queues,
-    held_tasks,
     listed_mailboxes,
     no_progress,
     select_workers,
@@ -191,10 +189,8 @@ class ShutdownMachine:
         queues: set[str] = set()
         for node in self.selected:
             tasks = held_tasks(replies, node)
-            stats = replies.get("stats", node) or {}
-            pid = stats.get("pid") if isinstance(stats, dict) else None
             self.info[node] = {
-                "pid": pid if isinstance(pid, int) else None,
+                "pid": worker_pid(replies.get("stats", node)),
                 "active": sum(t.state == "active" for t in tasks),
                 "reserved": sum(t.state == "reserved" for t in tasks),
                 "scheduled": sum(t.state == "scheduled" for t in tasks),

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from deploykit.brokers.base import BrokerSettings, DelayedStore, QueueStats, RawMessage
+from deploykit.fleet.replies import WORKER_COMMANDS
 from deploykit.inspection import (
-    WORKER_COMMANDS,
     collect_fleet,
     collect_queues,
     collect_scheduled,
