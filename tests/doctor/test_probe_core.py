@@ -9,7 +9,7 @@ import pytest
 
 from deploykit.errors import UsageError
 from deploykit.inspection import QueueRow
-from deploykit.probe import confirmation_method, run_probe, select_queues, workers_without_results
+from deploykit.probe.core import confirmation_method, probe_queues, select_queues, workers_without_results
 from tests.fakes import FakeFleet
 
 
@@ -76,7 +76,8 @@ def test_workers_without_results() -> None:
 
 
 class ScriptedProbe:
-    """Stands in for CeleryProbe: probes sent to ``processed`` queues succeed on the first poll."""
+    """A :class:`~deploykit.probe.core.Prober` standing in for CeleryProbe: probes sent to
+    ``processed`` queues succeed on the first poll."""
 
     def __init__(self, processed: dict[str, str], clock: list[float]) -> None:
         self.processed = processed
@@ -115,13 +116,13 @@ def test_events_enabled_only_where_off_and_switched_back() -> None:
     )
     clock = [0.0]
     fake = ScriptedProbe({"celery": "w1@h"}, clock)
-    report = run_probe(
+    report = probe_queues(
         None,
         fleet,
         ROWS,
+        lambda method: fake,
         workers=["w1@h", "w2@h"],
         timeout=2.0,
-        probe=fake,
         clock=lambda: clock[0],  # type: ignore[arg-type]
     )
     assert fake.opened and fake.closed
@@ -146,15 +147,60 @@ def test_backend_mode_forgets_results_and_names_a_single_consumer() -> None:
             fake.seen[task_id] = {"final": "task-succeeded", "worker": None, "at": clock[0]}
 
     fake.poll = poll  # type: ignore[method-assign]
-    report = run_probe(
+    report = probe_queues(
         FakeApp(result_backend="redis://h/1"),
         fleet,
         [row("emails", 1, ("w2@h",))],
+        lambda method: fake,
         workers=["w2@h"],
-        probe=fake,  # type: ignore[arg-type]
         clock=lambda: clock[0],
     )
     assert report.ok and report.confirmed_via == "result-backend"
     assert report.results[0].worker == "w2@h"
     assert fake.forgotten == list(fake.sent)
     assert not any(call[0] == "enable_events" for call in fleet.calls)
+
+
+def test_nothing_to_probe_opens_no_connection() -> None:
+    def make_probe(method: str) -> ScriptedProbe:
+        raise AssertionError("no queue to probe: no prober wanted")
+
+    report = probe_queues(None, FakeFleet({}), ROWS, make_probe, requested=["idle"], timeout=1.0)
+    assert [(r.queue, r.status) for r in report.results] == [("idle", "no-consumers")]
+    assert not report.ok
+
+
+def test_workers_storing_no_results_switch_the_probe_to_events() -> None:
+    """The app stores results, the workers run without a backend (drift): ask them, use events."""
+    fleet = FakeFleet({"w2@h": {"conf": {"result_backend": None}}})
+    clock = [0.0]
+    fake = ScriptedProbe({"emails": "w2@h"}, clock)
+    methods: list[str] = []
+
+    def make_probe(method: str) -> ScriptedProbe:
+        methods.append(method)
+        return fake
+
+    report = probe_queues(
+        FakeApp(result_backend="redis://h/1"),
+        fleet,
+        [row("emails", 1, ("w2@h",))],
+        make_probe,
+        workers=["w2@h"],
+        timeout=1.0,
+        clock=lambda: clock[0],
+    )
+    assert methods == ["events"] and report.confirmed_via == "events" and report.ok
+    assert report.notes[0] == "confirmed through task events: workers store no results: w2@h"
+    assert all(task_id.startswith("deploykit-probe-") for task_id in fake.sent)
+
+
+def test_consumers_of_asks_the_workers_only_for_their_queues() -> None:
+    from deploykit.probe.core import consumers_of
+    from tests.fakes import FakeBroker
+
+    fleet = FakeFleet({"w1@h": {"active_queues": [{"name": "celery"}], "stats": {"pid": 1}}})
+    view = consumers_of(fleet, FakeBroker(mailboxes=["w1@h"]))
+    assert fleet.calls[-1] == ("gather", (["active_queues"], ["w1@h"]))
+    (worker,) = view.workers
+    assert worker.queues == ("celery",) and worker.pid is None and worker.active is None
