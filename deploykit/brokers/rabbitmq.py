@@ -34,7 +34,6 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import quote
 
 import httpx
 
@@ -51,6 +50,7 @@ from deploykit.brokers.base import (
     is_delayed_queue,
     is_internal_queue,
 )
+from deploykit.brokers.rabbitmq_api import ManagementAPI, ManagementDown, NoSuchVhost
 from deploykit.brokers.urls import (
     ManagementEndpoint,
     Redactor,
@@ -73,10 +73,6 @@ DEFAULT_CONSUMER_TIMEOUT = 1800.0
 #: details). ``policy`` is not used yet: it is here so a policy-set ``consumer-timeout`` (3.12+)
 #: can be traced later without changing the request.
 QUEUE_COLUMNS = "name,type,messages_ready,messages_unacknowledged,consumers,arguments,policy,state"
-#: The management API's largest page (https://www.rabbitmq.com/docs/http-api-reference, pagination).
-PAGE_SIZE = 500
-#: A vhost with more queues than this is listed partially rather than hammering the API.
-MAX_PAGES = 40
 #: Native delayed delivery's levels (``kombu.transport.native_delayed_delivery``): 0 … 27.
 DELAYED_LEVELS = 28
 
@@ -145,14 +141,6 @@ class QueueProbe:
             self._drop_channel()
 
 
-class _ManagementDown(Exception):
-    """The management API cannot be used; ``problem`` completes "management API …"."""
-
-    def __init__(self, problem: str) -> None:
-        super().__init__(problem)
-        self.problem = problem
-
-
 def _library_errors() -> tuple[type[BaseException], ...]:
     """What py-amqp and the socket raise when the server cannot be reached or refuses us (kombu's
     pyamqp ``Transport.connection_errors`` and ``channel_errors``). Anything else is a bug."""
@@ -201,8 +189,14 @@ class RabbitMQBroker(Broker):
         self._redact.add_url(url)
         self._redact.add_url(mgmt)
         self.management: ManagementEndpoint | None = management_endpoint(mgmt, url) if mgmt else None
-        self._http_transport = http_transport
-        self._http: httpx.Client | None = None
+        self._api: ManagementAPI | None = None
+        if self.management is not None:
+            self._api = ManagementAPI(
+                self.management,
+                timeout=httpx.Timeout(self._io_timeout, connect=self._connect_timeout),
+                transport=http_transport,
+                redactor=self._redact,
+            )
         #: Why the management API is not used (set once, then not retried by this instance, so a
         #: polling loop does not pay a connect timeout on every round).
         self.management_problem: str | None = None if self.management else "not configured"
@@ -211,96 +205,17 @@ class RabbitMQBroker(Broker):
         self._probe: QueueProber | None = None
 
     # -- management API ---------------------------------------------------------------------
-    def _client(self) -> httpx.Client:
-        assert self.management is not None
-        if self._http is None:
-            self._http = httpx.Client(
-                base_url=self.management.base_url,
-                auth=self.management.auth,
-                timeout=httpx.Timeout(self._io_timeout, connect=self._connect_timeout),
-                transport=self._http_transport,
-                follow_redirects=False,
-            )
-        return self._http
-
-    def _get(self, path: str, params: Mapping[str, str | int] | None = None) -> httpx.Response:
-        assert self.management is not None
-        where = self.management.display_url
-        try:
-            return self._client().get(path, params=params)
-        except httpx.TimeoutException:
-            raise _ManagementDown(
-                f"unreachable at {where} (no answer within {self._io_timeout:g}s)"
-            ) from None
-        except httpx.HTTPError as exc:
-            raise _ManagementDown(f"unreachable at {where} ({self._describe_os_error(exc)})") from None
-
-    def _describe_os_error(self, exc: BaseException) -> str:
-        text = self._redact(str(exc)) or type(exc).__name__
-        lowered = text.lower()
-        if "refused" in lowered:
-            return "connection refused"
-        if "name or service not known" in lowered or "nodename nor servname" in lowered:
-            return "host name does not resolve"
-        return text
-
-    def _list_management_queues(self) -> list[Mapping[str, Any]]:
-        """Every queue of the vhost, paginated (one request up to ``PAGE_SIZE`` queues)."""
-        assert self.management is not None
-        where = self.management.display_url
-        path = f"/api/queues/{quote(self.vhost, safe='')}"
-        rows: list[Mapping[str, Any]] = []
-        page = 1
-        while True:
-            params: dict[str, str | int] = {
-                "columns": QUEUE_COLUMNS,
-                "pagination": "true",
-                "page": page,
-                "page_size": PAGE_SIZE,
-            }
-            response = self._get(path, params)
-            if response.status_code == 401:
-                raise _ManagementDown(
-                    f"at {where} rejected the credentials (HTTP 401; the user also needs the "
-                    "'monitoring' or 'management' tag)"
-                )
-            if response.status_code == 404:
-                self._raise_for_missing_vhost()
-                raise _ManagementDown(f"at {where} answered HTTP 404 (is it the RabbitMQ management API?)")
-            if response.status_code != 200:
-                raise _ManagementDown(f"at {where} answered HTTP {response.status_code}")
-            try:
-                data = response.json()
-            except ValueError:
-                raise _ManagementDown(f"at {where} did not answer JSON (is it the management API?)") from None
-            if isinstance(data, list):  # a server that ignores ``pagination``
-                rows.extend(r for r in data if isinstance(r, dict))
-                return rows
-            if not isinstance(data, dict) or not isinstance(data.get("items"), list):
-                raise _ManagementDown(f"at {where} answered an unexpected document")
-            rows.extend(r for r in data["items"] if isinstance(r, dict))
-            page_count = data.get("page_count")
-            if not isinstance(page_count, int) or page >= page_count or page >= MAX_PAGES:
-                return rows
-            page += 1
-
-    def _raise_for_missing_vhost(self) -> None:
-        """After a 404: if the API knows no such vhost, that is a usage error, not a fallback."""
-        try:
-            answer = self._get(f"/api/vhosts/{quote(self.vhost, safe='')}")
-            overview = self._get("/api/overview") if answer.status_code == 404 else None
-        except _ManagementDown:
-            return
-        if overview is not None and overview.status_code == 200:
-            raise UsageError(f"broker {self.display_url}: virtual host {self.vhost!r} does not exist")
-
     def _management_queues(self) -> dict[str, Mapping[str, Any]] | None:
         """Queue rows by name, or ``None`` when the API cannot be used (see ``management_problem``)."""
-        if self.management_problem is not None:
+        if self.management_problem is not None or self._api is None:
             return None
         try:
-            rows = self._list_management_queues()
-        except _ManagementDown as down:
+            rows = self._api.list_queues(self.vhost, QUEUE_COLUMNS)
+        except NoSuchVhost:
+            # The API answers and knows no such vhost: a usage error, not a fallback.
+            missing = f"virtual host {self.vhost!r} does not exist"
+            raise UsageError(f"broker {self.display_url}: {missing}") from None
+        except ManagementDown as down:
             self.management_problem = down.problem
             return None
         return {row["name"]: row for row in rows if isinstance(row.get("name"), str)}
@@ -529,24 +444,12 @@ class RabbitMQBroker(Broker):
                 ReadRefusal.QUORUM_QUEUE,
                 queue,
             )
-        assert self.management is not None
-        path = f"/api/queues/{quote(self.vhost, safe='')}/{quote(queue, safe='')}/get"
-        body = {"count": int(limit), "ackmode": "ack_requeue_true", "encoding": "base64"}
+        assert self._api is not None
         try:
-            response = self._client().post(path, json=body)
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"cannot peek {queue}: {self._describe_os_error(exc)}") from None
-        if response.status_code != 200:
-            raise Unavailable(f"cannot peek {queue}: the management API answered HTTP {response.status_code}")
-        try:
-            items = response.json()
-        except ValueError:
-            raise Unavailable(f"cannot peek {queue}: the management API did not answer JSON") from None
-        messages = (
-            [_peeked(queue, item) for item in items if isinstance(item, dict)]
-            if isinstance(items, list)
-            else []
-        )
+            items = self._api.get_messages(self.vhost, queue, limit)
+        except ManagementDown as down:
+            raise Unavailable(f"cannot peek {queue}: {down.reason}") from None
+        messages = [_peeked(queue, item) for item in items]
         effect = (
             "moved to the back of the queue with their delivery count raised"
             if queue_type == "quorum"
@@ -587,9 +490,8 @@ class RabbitMQBroker(Broker):
 
     def close(self) -> None:
         self._close_amqp()
-        if self._http is not None:
-            self._http.close()
-            self._http = None
+        if self._api is not None:
+            self._api.close()
 
 
 def _peeked(queue: str, item: Mapping[str, Any]) -> RawMessage:

@@ -12,12 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
+from deploykit.brokers.rabbitmq_api import ManagementAPI, ManagementDown, NoSuchVhost
 from deploykit.brokers.urls import management_endpoint
 from deploykit.brokers.urls import vhost_of as vhost_of
+
+#: The columns of ``GET /api/queues/{vhost}`` the policies need.
+POLICY_COLUMNS = "name,policy,operator_policy,effective_policy_definition"
 
 
 @dataclass(frozen=True)
@@ -37,21 +40,19 @@ def read_queue_policies(
     transport: httpx.BaseTransport | None = None,
 ) -> tuple[dict[str, QueuePolicy] | None, str | None]:
     """Effective policies of every queue in the broker URL's vhost, or ``(None, why not)``."""
-    endpoint = management_endpoint(management_url, broker_url)
-    url = f"{endpoint.base_url}/api/queues/{quote(vhost_of(broker_url), safe='')}"
-    params = {"columns": "name,policy,operator_policy,effective_policy_definition"}
+    vhost = vhost_of(broker_url)
+    api = ManagementAPI(management_endpoint(management_url, broker_url), timeout=timeout, transport=transport)
     try:
-        with httpx.Client(auth=endpoint.auth, timeout=timeout, transport=transport) as client:
-            response = client.get(url, params=params)
-            response.raise_for_status()
-            rows = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        return None, f"RabbitMQ policies not read from the management API ({type(exc).__name__})"
-    if isinstance(rows, Mapping):  # pagination=true shape
-        rows = rows.get("items", [])
+        rows = api.list_queues(vhost, POLICY_COLUMNS)
+    except NoSuchVhost:
+        return None, f"RabbitMQ policies not read: the management API knows no virtual host {vhost!r}"
+    except ManagementDown as down:
+        return None, f"RabbitMQ policies not read: management API {down.problem}"
+    finally:
+        api.close()
     result: dict[str, QueuePolicy] = {}
-    for row in rows if isinstance(rows, list) else []:
-        if not isinstance(row, Mapping) or not isinstance(row.get("name"), str):
+    for row in rows:
+        if not isinstance(row.get("name"), str):
             continue
         definition = row.get("effective_policy_definition")
         names = [str(p) for p in (row.get("policy"), row.get("operator_policy")) if p]

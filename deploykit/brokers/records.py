@@ -28,7 +28,8 @@ import json
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ from deploykit.errors import Unavailable, UsageError
 
 if TYPE_CHECKING:
     from deploykit.brokers.base import Broker
+    from deploykit.brokers.rabbitmq_api import ManagementAPI
 
 #: How long a record is kept after its last change.
 DEFAULT_TTL = 7 * 24 * 3600.0
@@ -193,14 +195,14 @@ class RabbitMQRecordStore(RecordStore):
 
     def __init__(
         self,
-        client: Any,
+        api: ManagementAPI,
         name: str,
         *,
         ttl: float = DEFAULT_TTL,
         now: Callable[[], float] = time.time,
         location: str = "",
     ) -> None:
-        self._client = client
+        self._api = api
         self._name = name
         self._ttl = ttl
         self._now = now
@@ -217,42 +219,33 @@ class RabbitMQRecordStore(RecordStore):
         timeout: float = 5.0,
     ) -> RabbitMQRecordStore:
         """The record of ``vhost`` through the management API at ``endpoint``."""
-        import httpx
+        from deploykit.brokers.rabbitmq_api import ManagementAPI
 
-        client = httpx.Client(base_url=endpoint.base_url, auth=endpoint.auth, timeout=max(timeout, 5.0))
+        api = ManagementAPI(endpoint, timeout=max(timeout, 5.0))
         name = f"deploykit-consumers.{vhost}.{exchange}"
         location = f"RabbitMQ global parameter {name!r} at {mask_url(endpoint.base_url)}"
-        return cls(client, name, ttl=ttl, location=location)
+        return cls(api, name, ttl=ttl, location=location)
 
-    def _path(self) -> str:
-        return f"/api/global-parameters/{quote(self._name, safe='')}"
-
-    def _request(self, method: str, **kwargs: Any) -> Any:
-        import httpx
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """The management API's failures as deploykit errors naming the record."""
+        from deploykit.brokers.rabbitmq_api import ManagementDown
 
         try:
-            response = self._client.request(method, self._path(), **kwargs)
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"cannot reach the deploykit record ({self.location}): {exc}") from None
-        if response.status_code in (401, 403):
-            raise Unavailable(
-                f"the RabbitMQ management API refused access to the deploykit record ({self.location}): "
-                "the user needs the 'administrator' tag to keep global parameters"
-            )
-        if response.status_code == 404 and method == "GET":
-            return None
-        if response.status_code >= 400 and not (response.status_code == 404 and method == "DELETE"):
-            raise Unavailable(f"deploykit record ({self.location}): HTTP {response.status_code}")
-        return response
+            yield
+        except ManagementDown as down:
+            if down.status in (401, 403):
+                raise Unavailable(
+                    "the RabbitMQ management API refused access to the deploykit record "
+                    f"({self.location}): the user needs the 'administrator' tag to keep global parameters"
+                ) from None
+            if down.status is not None:
+                raise Unavailable(f"deploykit record ({self.location}): HTTP {down.status}") from None
+            raise Unavailable(f"cannot reach the deploykit record ({self.location}): {down.reason}") from None
 
     def _read(self) -> dict[tuple[str, str], ConsumerRecord]:
-        response = self._request("GET")
-        if response is None:
-            return {}
-        try:
-            value = response.json().get("value") or {}
-        except ValueError:
-            return {}
+        with self._errors():
+            value = self._api.global_parameter(self._name) or {}
         if not isinstance(value, Mapping) or float(value.get("expires_at") or 0) < self._now():
             return {}
         records: dict[tuple[str, str], ConsumerRecord] = {}
@@ -265,14 +258,15 @@ class RabbitMQRecordStore(RecordStore):
         return records
 
     def _write(self, records: Mapping[tuple[str, str], ConsumerRecord]) -> None:
-        if not records:
-            self._request("DELETE")
-            return
-        value = {
-            "expires_at": self._now() + self._ttl,
-            "entries": [r.to_json() for r in sorted(records.values(), key=lambda r: r.key)],
-        }
-        self._request("PUT", json={"name": self._name, "value": value})
+        with self._errors():
+            if not records:
+                self._api.delete_global_parameter(self._name)
+                return
+            value = {
+                "expires_at": self._now() + self._ttl,
+                "entries": [r.to_json() for r in sorted(records.values(), key=lambda r: r.key)],
+            }
+            self._api.set_global_parameter(self._name, value)
 
     def load(self) -> list[ConsumerRecord]:
         return sorted(self._read().values(), key=lambda r: r.key)
@@ -291,7 +285,7 @@ class RabbitMQRecordStore(RecordStore):
             self._write(current)
 
     def close(self) -> None:
-        self._client.close()
+        self._api.close()
 
 
 class FileRecordStore(RecordStore):

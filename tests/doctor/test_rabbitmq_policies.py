@@ -56,3 +56,23 @@ def test_vhost_of() -> None:
     assert vhost_of("amqp://h//") == "/"
     assert vhost_of("amqp://h") == "/"
     assert vhost_of("amqp://h/%2Fprod") == "/prod"
+
+
+def test_policies_are_read_page_by_page_and_a_failure_names_its_cause() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        page = int(request.url.params["page"])
+        return httpx.Response(200, json={"items": [{"name": f"q{page}", "policy": "p"}], "page_count": 2})
+
+    found, why_not = read_queue_policies(
+        "http://rabbit:15672", "amqp://rabbit//", transport=httpx.MockTransport(handler)
+    )
+    assert why_not is None and found is not None and sorted(found) == ["q1", "q2"]
+
+    found, why_not = read_queue_policies(
+        "http://u:s3cret@rabbit:15672",
+        "amqp://rabbit//",
+        transport=httpx.MockTransport(lambda r: httpx.Response(401)),
+    )
+    assert found is None and why_not is not None
+    assert why_not.startswith("RabbitMQ policies not read: management API at http://u:***@rabbit:15672")
+    assert "rejected the credentials" in why_not and "s3cret" not in why_not

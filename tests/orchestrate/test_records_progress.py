@@ -9,7 +9,9 @@ import httpx
 import pytest
 
 from deploykit.brokers.base import RawMessage
+from deploykit.brokers.rabbitmq_api import ManagementAPI
 from deploykit.brokers.records import ConsumerRecord, FileRecordStore, RabbitMQRecordStore
+from deploykit.brokers.urls import ManagementEndpoint
 from deploykit.errors import Unavailable
 from deploykit.messages import StoredHeaders
 from deploykit.orchestrate.common import Progress
@@ -20,6 +22,7 @@ from tests.orchestrate.sim import FakeClock, SimFleet, SimWorker, broker
 
 A = ConsumerRecord("w1@h", "celery", {"name": "celery"}, "d1", 5.0)
 B = ConsumerRecord("w2@h", "emails", {"name": "emails"}, "d1", 5.0)
+ENDPOINT = ManagementEndpoint("http://mgmt", ("admin", "s3cret"), "http://admin:***@mgmt/")
 
 
 def test_file_record_store_round_trip_and_expiry(tmp_path):
@@ -46,8 +49,8 @@ def test_rabbitmq_record_store_keeps_a_global_parameter_and_expires_it():
         return httpx.Response(204)
 
     now = [1000.0]
-    client = httpx.Client(transport=httpx.MockTransport(handler), base_url="http://mgmt")
-    store = RabbitMQRecordStore(client, "deploykit-consumers./.celery", ttl=60, now=lambda: now[0])
+    api = ManagementAPI(ENDPOINT, transport=httpx.MockTransport(handler))
+    store = RabbitMQRecordStore(api, "deploykit-consumers./.celery", ttl=60, now=lambda: now[0])
     store.add([A])
     store.add([B])
     assert [r.key for r in store.load()] == [A.key, B.key]
@@ -60,10 +63,30 @@ def test_rabbitmq_record_store_keeps_a_global_parameter_and_expires_it():
     assert store.load() == []
 
     denied = RabbitMQRecordStore(
-        httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(401)), base_url="http://m"), "x"
+        ManagementAPI(ENDPOINT, transport=httpx.MockTransport(lambda r: httpx.Response(401))), "x"
     )
     with pytest.raises(Unavailable, match="administrator"):
         denied.load()
+
+    def unreachable(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno 111] Connection refused to admin:s3cret@mgmt")
+
+    down = RabbitMQRecordStore(ManagementAPI(ENDPOINT, transport=httpx.MockTransport(unreachable)), "x")
+    with pytest.raises(Unavailable) as caught:
+        down.add([A])
+    assert (
+        str(caught.value)
+        == "cannot reach the deploykit record (RabbitMQ global parameter 'x'): connection refused"
+    )
+    broken = RabbitMQRecordStore(
+        ManagementAPI(ENDPOINT, transport=httpx.MockTransport(lambda r: httpx.Response(500))), "x"
+    )
+    with pytest.raises(Unavailable, match="HTTP 500"):
+        broken.load()
+    garbage = RabbitMQRecordStore(
+        ManagementAPI(ENDPOINT, transport=httpx.MockTransport(lambda r: httpx.Response(200, json=["x"]))), "x"
+    )
+    assert garbage.load() == []  # a value that is no record is no record, not a crash
 
 
 def test_progress_plain_lines_show_remaining_rate_elapsed_and_eta():
