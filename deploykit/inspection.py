@@ -24,7 +24,7 @@ from deploykit.brokers.base import (
     is_delayed_queue,
     is_internal_queue,
 )
-from deploykit.errors import Refused, Unavailable
+from deploykit.errors import Refused
 from deploykit.fleet.base import Discovery, Fleet
 from deploykit.fleet.replies import WORKER_COMMANDS, HeldTask, WorkerInfo, parse_worker
 from deploykit.messages import TaskHeaders, shorten, task_headers
@@ -541,9 +541,3 @@ def collect_status(
                 )
             )
     return StatusView(fleet_view, queues, scheduled, verdict(fleet_view, queues, scheduled), tuple(hazards))
-
-
-def require_workers(fleet_view: FleetView) -> None:
-    """Raise :class:`Unavailable` when no worker answered (for commands that need workers)."""
-    if not fleet_view.workers:
-        raise Unavailable("no worker answered")

@@ -165,15 +165,6 @@ def split_url(url: str, *, what: str = "broker URL") -> UrlParts:
     )
 
 
-def broker_scheme(url: str) -> str:
-    """The transport scheme of ``url`` (of the first URL of a failover list), lower-cased."""
-    first = first_url(url)
-    scheme, sep, _ = first.partition("://")
-    if not sep or not _SCHEME.match(scheme):
-        raise UsageError(f"invalid broker URL {mask_url(first)!r}: expected SCHEME://…")
-    return scheme.lower()
-
-
 def kind_of_scheme(scheme: str) -> str:
     """``redis``, ``rabbitmq``, ``filesystem``, or the scheme itself (another kombu transport)."""
     scheme = scheme.lower()
