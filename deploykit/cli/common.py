@@ -13,13 +13,20 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from deploykit.brokers.urls import Redactor
 from deploykit.config import CliFlags, Settings, resolve_settings
 from deploykit.errors import DeploykitError, ExitCode
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from deploykit.brokers.base import Broker
+    from deploykit.fleet.base import Fleet
+    from deploykit.output.documents import Json
 
 AppOpt = Annotated[
     str | None,
@@ -89,7 +96,7 @@ def merged_flags(
     )
 
 
-def load_user_app(spec: str) -> Any:
+def load_user_app(spec: str) -> Celery:
     """Load the app as a worker does (:func:`deploykit.userapp.load_app`), the same way for every
     command; what went wrong quietly while loading (a signal handler that raised) is a warning."""
     from deploykit.userapp import load_app
@@ -97,9 +104,53 @@ def load_user_app(spec: str) -> Any:
     return load_app(spec, warn=warn)
 
 
-def resolve(flags: CliFlags, *, need_app: bool = False) -> tuple[Settings, Any]:
+def resolve(flags: CliFlags, *, need_app: bool = False) -> tuple[Settings, Celery | None]:
     """Resolve settings (importing the app only when needed)."""
     return resolve_settings(flags, load_app=load_user_app, need_app=need_app)
+
+
+@dataclass
+class Session:
+    """What a broker command needs, opened once: the settings, the app (if named), the broker
+    and, unless asked not to, the workers' remote control."""
+
+    settings: Settings
+    app: Celery | None
+    broker: Broker
+    fleet: Fleet | None
+
+    @property
+    def control_exchange(self) -> str:
+        from deploykit.fleet import control_exchange
+
+        return control_exchange(self.app)
+
+    @property
+    def workers(self) -> Fleet:
+        """The fleet of a session opened with it (:func:`open_session`'s default)."""
+        assert self.fleet is not None, "this session was opened without the fleet"
+        return self.fleet
+
+
+@contextlib.contextmanager
+def open_session(flags: CliFlags, *, with_fleet: bool = True) -> Iterator[Session]:
+    """Resolve the settings, open the broker and (``with_fleet``) the fleet; close them after."""
+    from deploykit.brokers import open_broker
+    from deploykit.fleet import open_fleet
+
+    settings, user_app = resolve(flags)
+    use_redactor(settings)
+    if settings.app and user_app is None:
+        # The broker came from a flag/env/pyproject; the app still defines queues and routes.
+        settings, user_app = resolve(flags, need_app=True)
+    broker = open_broker(settings)
+    fleet = open_fleet(settings, user_app) if with_fleet else None
+    try:
+        yield Session(settings, user_app, broker, fleet)
+    finally:
+        if fleet is not None:
+            fleet.close()
+        broker.close()
 
 
 #: typer's control flow (``typer.Exit``, ``typer.Abort``, click's usage errors), never a bug. Newer
@@ -141,6 +192,11 @@ def error(message: str) -> None:
     typer.echo(f"deploykit: error: {_redactor(message)}", err=True)
 
 
+def say(line: str) -> None:
+    """One line of a command's text result on stdout, secrets scrubbed."""
+    typer.echo(_redactor(line))
+
+
 def warn(message: str) -> None:
     typer.echo(f"deploykit: warning: {_redactor(message)}", err=True)
 
@@ -180,7 +236,7 @@ def handle_errors() -> Iterator[None]:
         raise typer.Exit(report_internal_error(exc)) from None
 
 
-def emit_json(document: Any) -> None:
+def emit_json(document: Json) -> None:
     """Write one JSON document on stdout (secrets scrubbed)."""
     from deploykit.output.jsonout import dumps
 

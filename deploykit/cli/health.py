@@ -8,7 +8,7 @@ import sys
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -28,8 +28,6 @@ from deploykit.cli.common import (
 )
 from deploykit.config import parse_duration
 from deploykit.errors import ExitCode, Unavailable, UsageError
-
-SCHEMA_VERSION = 1
 
 
 class FailOn(str, Enum):
@@ -61,15 +59,6 @@ ReplyTimeoutOpt = Annotated[
         show_default=False,
     ),
 ]
-
-
-def _document(kind: str, broker_url: str | None, body: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "schema": f"deploykit.{kind}/{SCHEMA_VERSION}",
-        "broker": broker_url,
-        "generated_at": datetime.now(timezone.utc),
-        **body,
-    }
 
 
 @app.command()
@@ -185,9 +174,10 @@ def doctor(
             output = Format.github if os.environ.get("GITHUB_ACTIONS") == "true" else Format.text
         if output is Format.json:
             from deploykit.output.doctor import doctor_document
+            from deploykit.output.documents import health_document
 
             body = doctor_document(audit, findings, fail_on=fail_on.value, failed=failed)
-            emit_json(_document("doctor", settings.masked_broker_url, body))
+            emit_json(health_document("doctor", body, broker=settings.masked_broker_url))
         elif output is Format.github:
             from deploykit.output.doctor import render_doctor_github
 
@@ -267,8 +257,9 @@ def probe(
             raise Unavailable("no queue has consumers (no worker answered): nothing to probe")
         if json_:
             from deploykit.output.doctor import probe_document
+            from deploykit.output.documents import health_document
 
-            emit_json(_document("probe", settings.masked_broker_url, probe_document(report)))
+            emit_json(health_document("probe", probe_document(report), broker=settings.masked_broker_url))
         else:
             from deploykit.output.doctor import render_probe_text
             from deploykit.output.text import console

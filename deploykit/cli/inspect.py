@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -20,58 +17,10 @@ from deploykit.cli.common import (
     emit_json,
     handle_errors,
     merged_flags,
-    resolve,
-    use_redactor,
+    open_session,
 )
-from deploykit.config import CliFlags, Settings, parse_duration
+from deploykit.config import parse_duration
 from deploykit.errors import ExitCode
-
-SCHEMA_VERSION = 1
-
-
-@dataclass
-class Session:
-    """Everything a read command needs, opened once."""
-
-    settings: Settings
-    app: Any
-    broker: Any
-    fleet: Any
-
-    @property
-    def control_exchange(self) -> str:
-        from deploykit.fleet import control_exchange
-
-        return control_exchange(self.app)
-
-
-@contextlib.contextmanager
-def open_session(flags: CliFlags, *, with_fleet: bool = True) -> Iterator[Session]:
-    from deploykit.brokers import open_broker
-    from deploykit.fleet import open_fleet
-
-    settings, user_app = resolve(flags)
-    use_redactor(settings)
-    if settings.app and user_app is None:
-        # The broker came from a flag/env/pyproject; the app still defines queues and routes.
-        settings, user_app = resolve(flags, need_app=True)
-    broker = open_broker(settings)
-    fleet = open_fleet(settings, user_app) if with_fleet else None
-    try:
-        yield Session(settings, user_app, broker, fleet)
-    finally:
-        if fleet is not None:
-            fleet.close()
-        broker.close()
-
-
-def _document(kind: str, session: Session, body: Any) -> dict[str, Any]:
-    return {
-        "schema": f"deploykit.{kind}/{SCHEMA_VERSION}",
-        "broker": session.settings.masked_broker_url,
-        "generated_at": datetime.now(timezone.utc),
-        **body,
-    }
 
 
 @app.command()
@@ -89,9 +38,11 @@ def workers(
     with handle_errors():
         flags = merged_flags(ctx, app_, broker, management_url, timeout)
         with open_session(flags) as session:
-            view = collect_fleet(session.fleet, session.broker, session.control_exchange)
+            view = collect_fleet(session.workers, session.broker, session.control_exchange)
         if json_:
-            emit_json(_document("workers", session, {"workers": view.workers, "discovery": view.discovery}))
+            from deploykit.output.documents import workers_document
+
+            emit_json(workers_document(view, broker=session.settings.masked_broker_url))
         else:
             from deploykit.output.text import console, render_workers
 
@@ -119,21 +70,12 @@ def queues(
     with handle_errors():
         flags = merged_flags(ctx, app_, broker, management_url, timeout)
         with open_session(flags) as session:
-            fleet_view = collect_fleet(session.fleet, session.broker, session.control_exchange)
+            fleet_view = collect_fleet(session.workers, session.broker, session.control_exchange)
             view = collect_queues(session.broker, fleet_view, app_queue_names(session.app), queue or ())
         if json_:
-            emit_json(
-                _document(
-                    "queues",
-                    session,
-                    {
-                        "queues": view.queues,
-                        "source": view.source,
-                        "notes": view.notes,
-                        "delayed": view.delayed,
-                    },
-                )
-            )
+            from deploykit.output.documents import queues_document
+
+            emit_json(queues_document(view, broker=session.settings.masked_broker_url))
         else:
             from deploykit.output.text import console, render_queues
 
@@ -161,7 +103,7 @@ def scheduled(
         window = parse_duration(within, what="--within") if within is not None else None
         flags = merged_flags(ctx, app_, broker, management_url, timeout)
         with open_session(flags) as session:
-            fleet_view = collect_fleet(session.fleet, session.broker, session.control_exchange)
+            fleet_view = collect_fleet(session.workers, session.broker, session.control_exchange)
             queues_view = collect_queues(session.broker, fleet_view, app_queue_names(session.app))
             view = collect_scheduled(
                 session.broker,
@@ -172,20 +114,9 @@ def scheduled(
                 queues=queues_view.queues,
             )
         if json_:
-            emit_json(
-                _document(
-                    "scheduled",
-                    session,
-                    {
-                        "scheduled": view.entries,
-                        "delayed": view.delayed,
-                        "waiting_eta": view.waiting,
-                        "broker_settings": view.settings,
-                        "notes": view.notes,
-                        "workers": [w.hostname for w in fleet_view.workers],
-                    },
-                )
-            )
+            from deploykit.output.documents import scheduled_document
+
+            emit_json(scheduled_document(view, fleet_view, broker=session.settings.masked_broker_url))
         else:
             from deploykit.output.text import console, render_scheduled
 
@@ -212,30 +143,15 @@ def status(
         with open_session(flags) as session:
             view = collect_status(
                 session.broker,
-                session.fleet,
+                session.workers,
                 datetime.now(timezone.utc),
                 app_queue_names(session.app),
                 session.control_exchange,
             )
         if json_:
-            emit_json(
-                _document(
-                    "status",
-                    session,
-                    {
-                        "verdict": view.verdict,
-                        "workers": view.fleet.workers,
-                        "discovery": view.fleet.discovery,
-                        "queues": view.queues.queues,
-                        "queue_source": view.queues.source,
-                        "notes": [*view.queues.notes, *view.scheduled.notes],
-                        "delayed": view.queues.delayed,
-                        "scheduled": view.scheduled.entries,
-                        "waiting_eta": view.scheduled.waiting,
-                        "hazards": view.hazards,
-                    },
-                )
-            )
+            from deploykit.output.documents import status_document
+
+            emit_json(status_document(view, broker=session.settings.masked_broker_url))
         else:
             from deploykit.output.text import console, render_status
 

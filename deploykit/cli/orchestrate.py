@@ -13,9 +13,9 @@ from __future__ import annotations
 import contextlib
 import signal
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, is_dataclass
-from datetime import datetime, timezone
-from typing import Annotated, Any
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, Protocol, TypeVar
 
 import typer
 
@@ -25,15 +25,25 @@ from deploykit.cli.common import (
     BrokerOpt,
     JsonOpt,
     ManagementOpt,
+    Session,
     emit_json,
+    error,
     handle_errors,
     merged_flags,
+    open_session,
+    say,
     warn,
 )
 from deploykit.config import parse_duration
 from deploykit.errors import DeploykitError, UsageError
 
-SCHEMA_VERSION = 1
+if TYPE_CHECKING:
+    from deploykit.brokers.records import RecordStore
+    from deploykit.output.documents import Json
+    from deploykit.output.progress import ProgressDisplay
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 WorkerOpt = Annotated[
     list[str] | None,
@@ -85,7 +95,7 @@ class _Signals:
     def __init__(self) -> None:
         self.fired = False
 
-    def handler(self, signum: int, frame: Any) -> None:
+    def handler(self, signum: int, frame: FrameType | None) -> None:
         if self.fired:
             warn("still putting things back, please wait")
             return
@@ -112,7 +122,7 @@ def _duration(value: str | None, what: str) -> float | None:
     return parse_duration(value, what=what)
 
 
-def _records(session: Any, ttl: str) -> Any:
+def _records(session: Session, ttl: str) -> RecordStore:
     from deploykit.brokers.records import open_record_store
 
     return open_record_store(
@@ -123,42 +133,28 @@ def _records(session: Any, ttl: str) -> Any:
     )
 
 
-def _progress(quiet: bool) -> Any:
+def _progress(quiet: bool) -> ProgressDisplay:
     from deploykit.output.progress import ProgressDisplay
 
     return ProgressDisplay(enabled=not quiet)
 
 
-def _plain(value: Any) -> Any:
-    return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
+class _Machine(Protocol[T_co]):
+    def run(self) -> T_co: ...
 
 
-def _emit(kind: str, session: Any, result: Any, extra: dict[str, Any] | None = None) -> None:
-    emit_json(
-        {
-            "schema": f"deploykit.{kind}/{SCHEMA_VERSION}",
-            "broker": session.settings.masked_broker_url,
-            "generated_at": datetime.now(timezone.utc),
-            **_plain(result),
-            **(extra or {}),
-        }
-    )
+class _Outcome(Protocol):
+    @property
+    def status(self) -> str: ...
+    @property
+    def exit_code(self) -> int: ...
+    @property
+    def message(self) -> str: ...
 
 
-def _say(line: str) -> None:
-    from deploykit.cli.common import _redactor
-
-    typer.echo(_redactor(line))
-
-
-def _headline(result: Any) -> None:
-    """``status: message`` on stdout, unless the command failed: :func:`_report` then says it once,
-    as the error line on stderr."""
-    if not result.exit_code:
-        _say(f"{result.status}: {result.message}")
-
-
-def _run_machine(build: Callable[[], Any], display: Any, records: Any | None) -> Any:
+def _run_machine(
+    build: Callable[[], _Machine[T]], display: ProgressDisplay, records: RecordStore | None
+) -> T:
     """Build a machine and run it under :func:`interruptible`; return its result.
 
     ``build`` runs inside the ``try`` so that however it ends (a usage error while building
@@ -174,23 +170,14 @@ def _run_machine(build: Callable[[], Any], display: Any, records: Any | None) ->
             records.close()
 
 
-def _report(
-    kind: str,
-    session: Any,
-    result: Any,
-    render: Callable[[Any], None],
-    *,
-    json_: bool,
-    extra: dict[str, Any] | None = None,
-) -> None:
-    """Print the result (``--json`` or ``render``'s text), then exit with its code if it failed."""
+def _report(result: _Outcome, *, json_: bool, document: Callable[[], Json], text: Callable[[], None]) -> None:
+    """Print the result (``--json``: ``document()``, else ``text()``), then exit with its code if
+    it failed (its ``status: message`` once, as the error line on stderr)."""
     if json_:
-        _emit(kind, session, result, extra)
+        emit_json(document())
     else:
-        render(result)
+        text()
     if result.exit_code:
-        from deploykit.cli.common import error
-
         error(f"{result.status}: {result.message}")
         raise typer.Exit(int(result.exit_code))
 
@@ -245,9 +232,11 @@ def drain(
     (the workers stay quiet unless --rollback-on-timeout), 4 refused by --min-consumers (nothing
     changed), 69 no selected worker answers, 130 interrupted.
     """
-    from deploykit.cli.inspect import open_session
     from deploykit.orchestrate.common import Timing
+    from deploykit.orchestrate.compat import incompatible_counter
     from deploykit.orchestrate.drain import DrainMachine, DrainOptions
+    from deploykit.output.documents import drain_document
+    from deploykit.output.orchestrate import render_drain
 
     with handle_errors():
         if incompatible_with is not None and not until_empty:
@@ -273,9 +262,13 @@ def drain(
                     rollback_on_timeout=rollback_on_timeout,
                     control_exchange=session.control_exchange,
                 )
-                counter = _incompatible_counter(session, incompatible_with) if incompatible_with else None
+                counter = (
+                    incompatible_counter(session.broker, session.workers, Path(incompatible_with))
+                    if incompatible_with
+                    else None
+                )
                 return DrainMachine(
-                    session.fleet,
+                    session.workers,
                     session.broker,
                     records,
                     options,
@@ -285,60 +278,13 @@ def drain(
                 )
 
             result = _run_machine(build, display, records)
-        _report("drain", session, result, _render_drain, json_=json_, extra={"record": records.location})
-
-
-def _incompatible_counter(session: Any, manifest: str) -> Any:
-    """``(queues, workers) -> breaking messages`` through the compatibility scan."""
-    from pathlib import Path
-
-    from deploykit.manifest.model import read
-    from deploykit.scan.run import run_scan
-
-    broker = session.broker
-    if not (broker.reads_in_place and broker.shows_unacked):
-        raise UsageError(
-            "--incompatible-with needs a broker that lists waiting and held messages without "
-            f"consuming them (Redis); {broker.kind} cannot: use plain --until-empty"
+        broker_url, record = session.settings.masked_broker_url, records.location
+        _report(
+            result,
+            json_=json_,
+            document=lambda: drain_document(result, broker=broker_url, record=record),
+            text=lambda: render_drain(result, say),
         )
-    new = read(Path(manifest))
-
-    def count(queues: Any, workers: Any) -> int:
-        report = run_scan(
-            broker=session.broker,
-            new=new,
-            old=None,
-            now=datetime.now(timezone.utc),
-            queues=list(queues),
-            fleet=session.fleet,
-            workers=list(workers),
-            include_beat=False,
-        )
-        return int(report.breaking)
-
-    return count
-
-
-def _render_drain(result: Any) -> None:
-    _headline(result)
-    if result.cancelled:
-        _say("cancelled consumers: " + ", ".join(f"{c.queue} on {c.worker}" for c in result.cancelled))
-    if result.rolled_back:
-        _say("rolled back: the consumers above were re-added")
-    for ref in result.not_restored:
-        _say(f"NOT re-added (kept in the record, run `deploykit resume`): {ref.queue} on {ref.worker}")
-    if result.lost_workers:
-        _say("lost workers: " + ", ".join(result.lost_workers))
-    if result.held_eta:
-        _say(f"{len(result.held_eta)} ETA task(s) held by the drained workers:")
-        for task in result.held_eta[:20]:
-            eta = task.eta.isoformat() if task.eta else "?"
-            _say(f"  {task.id}  {task.name}  eta {eta}  on {task.worker}")
-        if len(result.held_eta) > 20:
-            _say(f"  … and {len(result.held_eta) - 20} more (see --json)")
-        _say(result.eta_fate)
-    for note in result.notes:
-        _say(f"note: {note}")
 
 
 # -- resume -----------------------------------------------------------------------------------
@@ -363,8 +309,9 @@ def resume(
 
     Exit codes: 0 resumed (or nothing to do), 69 some workers did not answer (their entries are kept).
     """
-    from deploykit.cli.inspect import open_session
     from deploykit.orchestrate.resume import resume as run_resume
+    from deploykit.output.documents import resume_document
+    from deploykit.output.orchestrate import render_resume
 
     with handle_errors():
         flags = merged_flags(ctx, app_, broker, management_url, None)
@@ -373,19 +320,17 @@ def resume(
             try:
                 with interruptible():
                     result = run_resume(
-                        session.fleet, records, tuple(worker or ()), forget_missing=forget_missing
+                        session.workers, records, tuple(worker or ()), forget_missing=forget_missing
                     )
             finally:
                 records.close()
-        _report("resume", session, result, _render_resume, json_=json_)
-
-
-def _render_resume(result: Any) -> None:
-    _headline(result)
-    for ref in result.restored:
-        _say(f"  re-added {ref.queue} on {ref.worker}")
-    for ref in result.not_restored:
-        _say(f"  kept in the record: {ref.queue} on {ref.worker}")
+        broker_url = session.settings.masked_broker_url
+        _report(
+            result,
+            json_=json_,
+            document=lambda: resume_document(result, broker=broker_url),
+            text=lambda: render_resume(result, say),
+        )
 
 
 # -- shutdown ---------------------------------------------------------------------------------
@@ -410,9 +355,10 @@ def shutdown(
     Exit codes: 0 done, 3 timed out (workers still answer, or messages not back yet), 69 no
     selected worker answers, 130 interrupted (a shutdown already sent is not taken back).
     """
-    from deploykit.cli.inspect import open_session
     from deploykit.orchestrate.common import Timing
     from deploykit.orchestrate.shutdown import ShutdownMachine, ShutdownOptions
+    from deploykit.output.documents import shutdown_document
+    from deploykit.output.orchestrate import render_shutdown
 
     with handle_errors():
         deadline = _duration(timeout, "--timeout") if timeout is not None else 60.0
@@ -429,26 +375,22 @@ def shutdown(
                     workers=tuple(worker or ()), timeout=deadline, control_exchange=session.control_exchange
                 )
                 return ShutdownMachine(
-                    session.fleet, session.broker, options, timing=Timing(), progress=display, records=records
+                    session.workers,
+                    session.broker,
+                    options,
+                    timing=Timing(),
+                    progress=display,
+                    records=records,
                 )
 
             result = _run_machine(build, display, records)
-        _report("shutdown", session, result, _render_shutdown, json_=json_)
-
-
-def _render_shutdown(result: Any) -> None:
-    _headline(result)
-    for w in result.workers:
-        _say(
-            f"  {w.worker} (pid {w.pid}): {w.active} running finished, "
-            f"{w.reserved} reserved + {w.scheduled} ETA handed back"
-            + ("" if w.gone else " — STILL ANSWERING")
+        broker_url = session.settings.masked_broker_url
+        _report(
+            result,
+            json_=json_,
+            document=lambda: shutdown_document(result, broker=broker_url),
+            text=lambda: render_shutdown(result, say),
         )
-    if result.returned is not None:
-        verified = f"verified by the {result.verified_by}" if result.verified else "not verified"
-        _say(f"  {result.returned}/{result.held} held message(s) back in the broker ({verified})")
-    for note in result.notes:
-        _say(f"note: {note}")
 
 
 # -- restart ----------------------------------------------------------------------------------
@@ -527,10 +469,11 @@ def restart(
     tasks than --manifest, 2 usage, 3 a step timed out, 4 --min-consumers forbids a batch (nothing
     changed), 69 no selected worker answers, 130 interrupted.
     """
-    from deploykit.cli.inspect import open_session
     from deploykit.orchestrate.adapters import ExecStarter, Starter, SupervisorStarter, parse_programs
     from deploykit.orchestrate.common import Timing
     from deploykit.orchestrate.restart import RestartMachine, RestartOptions, manifest_task_names
+    from deploykit.output.documents import restart_document
+    from deploykit.output.orchestrate import render_restart
 
     with handle_errors():
         if (exec_ is None) == (supervisor is None):
@@ -561,7 +504,7 @@ def restart(
             def build() -> RestartMachine:
                 options = RestartOptions(**options_base, control_exchange=session.control_exchange)  # type: ignore[arg-type]
                 return RestartMachine(
-                    session.fleet,
+                    session.workers,
                     session.broker,
                     records,
                     starter,
@@ -571,16 +514,13 @@ def restart(
                 )
 
             result = _run_machine(build, display, records)
-        _report("restart", session, result, _render_restart, json_=json_)
-
-
-def _render_restart(result: Any) -> None:
-    _headline(result)
-    for b in result.batches:
-        _say(f"  batch {b.index + 1}: {b.status}" + (f" — {b.error}" if b.error else ""))
-        for r in b.restarts:
-            back = f", back after {r.back_after:.1f}s (pid {r.new_pid})" if r.back_after is not None else ""
-            _say(f"    {r.worker} (pid {r.old_pid}) → {r.target}{back}")
+        broker_url = session.settings.masked_broker_url
+        _report(
+            result,
+            json_=json_,
+            document=lambda: restart_document(result, broker=broker_url),
+            text=lambda: render_restart(result, say),
+        )
 
 
 # -- deploy -----------------------------------------------------------------------------------
@@ -642,10 +582,11 @@ def deploy(
     (old workers are then stopped, their work back in the broker), 3 a step timed out, 69 no
     selected worker answers, 130 interrupted.
     """
-    from deploykit.cli.inspect import open_session
     from deploykit.orchestrate.common import Timing
     from deploykit.orchestrate.deploy import DeployMachine, DeployOptions, parse_command
     from deploykit.orchestrate.restart import manifest_task_names
+    from deploykit.output.documents import deploy_document
+    from deploykit.output.orchestrate import render_deploy
 
     with handle_errors():
         command = parse_command(run)
@@ -674,16 +615,14 @@ def deploy(
                     control_exchange=session.control_exchange,
                 )
                 return DeployMachine(
-                    session.fleet, session.broker, records, options, timing=Timing(), progress=display
+                    session.workers, session.broker, records, options, timing=Timing(), progress=display
                 )
 
             result = _run_machine(build, display, records)
-        _report("deploy", session, result, _render_deploy, json_=json_)
-
-
-def _render_deploy(result: Any) -> None:
-    _headline(result)
-    if result.stopped:
-        _say("  stopped: " + ", ".join(result.stopped))
-    if result.new_workers:
-        _say("  answering: " + ", ".join(result.new_workers))
+        broker_url = session.settings.masked_broker_url
+        _report(
+            result,
+            json_=json_,
+            document=lambda: deploy_document(result, broker=broker_url),
+            text=lambda: render_deploy(result, say),
+        )

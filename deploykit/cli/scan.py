@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -23,6 +23,10 @@ from deploykit.cli.common import (
 )
 from deploykit.config import CliFlags
 from deploykit.errors import ExitCode, UsageError
+
+if TYPE_CHECKING:
+    from deploykit.manifest.model import Manifest
+    from deploykit.scan.engine import Report
 
 FORMATS = ("text", "json", "github")
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2}
@@ -66,15 +70,15 @@ def scan_broker(
     peek_limit: int,
     force: bool,
     oversize: int,
-    new_manifest: Any = None,
+    new_manifest: Manifest | None = None,
     beat_schedule: bool = True,
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[Report, dict[str, str | None]]:
     """Resolve everything and run the scan; returns the report and its description.
 
     Shared by ``deploykit scan`` and ``deploykit check --broker`` (which judges the app's
     ``beat_schedule`` with its manifest rules: ``beat_schedule=False``).
     """
-    from deploykit.cli.inspect import open_session
+    from deploykit.cli.common import open_session
     from deploykit.inspection import app_queue_names, discover
     from deploykit.manifest.collect import snapshot
     from deploykit.manifest.model import read
@@ -214,7 +218,7 @@ def scan(
         raise typer.Exit(int(scan_exit_code(report)))
 
 
-def scan_exit_code(report: Any) -> ExitCode:
+def scan_exit_code(report: Report) -> ExitCode:
     """1 if anything breaks, else 5 if some waiting messages were not checked, else 0."""
     if report.breaking:
         return ExitCode.UNSAFE

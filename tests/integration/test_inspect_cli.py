@@ -12,6 +12,7 @@ import pytest
 from deploykit.demo.processes import free_port
 from tests.cli import run_deploykit
 from tests.orchestrate.live import wait_for
+from tests.output.shapes import validate
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +60,7 @@ def test_status_workers_queues_scheduled_json(redis_url, busy_fleet):
     workers = deploykit("workers", "--json", env=env)
     assert workers.returncode == 0, workers.stderr
     doc = json.loads(workers.stdout)
+    validate(doc)
     assert doc["schema"] == "deploykit.workers/1"
     by_name = {w["hostname"]: w for w in doc["workers"]}
     assert sorted(by_name) == ["w1@dk", "w2@dk"]
@@ -70,6 +72,7 @@ def test_status_workers_queues_scheduled_json(redis_url, busy_fleet):
 
     queues = deploykit("queues", "--json", env=env)
     assert queues.returncode == 0, queues.stderr
+    validate(json.loads(queues.stdout))
     rows = {q["name"]: q for q in json.loads(queues.stdout)["queues"]}
     assert set(rows) >= {"celery", "emails", "reports"}
     # reports has no consumer: 4 messages across the priority sub-lists, none unacked.
@@ -86,6 +89,7 @@ def test_status_workers_queues_scheduled_json(redis_url, busy_fleet):
     assert rows["celery"]["unacked"] == 4
 
     scheduled = deploykit("scheduled", "--json", env=env)
+    validate(json.loads(scheduled.stdout))
     entries = json.loads(scheduled.stdout)["scheduled"]
     assert len(entries) == 5
     etas = [e["eta"] for e in entries]
@@ -97,6 +101,7 @@ def test_status_workers_queues_scheduled_json(redis_url, busy_fleet):
 
     status = deploykit("status", "--json", env=env)
     doc = json.loads(status.stdout)
+    validate(doc)
     assert status.returncode == 0
     assert doc["verdict"]["busy"] is True
     assert {h["code"] for h in doc["hazards"]} >= {"ETA_BEYOND_VISIBILITY_TIMEOUT", "NO_CONSUMER"}

@@ -47,12 +47,17 @@ def deploykit_bg(broker_url: str, *args: str, **env: str) -> subprocess.Popen[st
 
 
 def result_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The command's ``--json`` document, validated against its schema in ``schemas/``."""
+    from tests.output.shapes import validate
+
     try:
-        return json.loads(proc.stdout)  # type: ignore[no-any-return]
+        document: dict[str, Any] = json.loads(proc.stdout)
     except ValueError as exc:
         raise AssertionError(
             f"no JSON on stdout (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
         ) from exc
+    validate(document)
+    return document
 
 
 _producers: dict[str, Any] = {}
