@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,10 +20,12 @@ from deploykit.config import CliFlags, Settings, resolve_settings
 from deploykit.errors import ExitCode, UnsafeError, UsageError
 
 if TYPE_CHECKING:
+    from celery import Celery
+
     from deploykit.manifest.check import Report
+    from deploykit.manifest.suppress import IgnoreEntry
 
 DEFAULT_MANIFEST = "deploykit.manifest.json"
-SNAPSHOT_SCHEMA = "deploykit.snapshot/1"
 
 manifest_app = typer.Typer(
     help="Snapshot the app's task signatures into a manifest, and diff two manifests.",
@@ -78,7 +80,7 @@ ManifestOpt = Annotated[
 # --- shared plumbing ---------------------------------------------------------------------------
 
 
-def _settings(flags: CliFlags, *, need_app: bool) -> tuple[Settings, Any]:
+def _settings(flags: CliFlags, *, need_app: bool) -> tuple[Settings, Celery | None]:
     return resolve_settings(flags, load_app=load_user_app if need_app else None, need_app=need_app)
 
 
@@ -110,7 +112,7 @@ def _fail_on(given: str | None, settings: Settings) -> str:
     return value.strip().lower()
 
 
-def _ignore(settings: Settings) -> Any:
+def _ignore(settings: Settings) -> tuple[IgnoreEntry, ...]:
     from deploykit.manifest.suppress import parse_ignore
 
     where = f"{settings.project_file}: [tool.deploykit] ignore" if settings.project_file else "ignore"
@@ -195,7 +197,7 @@ def _with_broker_scan(
     report: Report,
     flags: CliFlags,
     manifest: Path,
-    user_app: Any,
+    user_app: Celery | None,
     *,
     peek: bool,
     peek_limit: int,
@@ -285,24 +287,16 @@ def snapshot(
             state = staleness(path, manifest)
             problems = load_warnings(user_app)
             if json_:
+                from deploykit.output.documents import snapshot_check_document
+
                 emit_json(
-                    {
-                        "schema": SNAPSHOT_SCHEMA,
-                        "path": str(path),
-                        "checked": True,
-                        "written": False,
-                        "exists": state.exists,
-                        "stale": state.stale,
-                        "added": list(state.added),
-                        "removed": list(state.removed),
-                        "changed": list(state.changed),
-                        "beat_changed": state.beat_changed,
-                        "beat_added": list(state.beat_added),
-                        "beat_removed": list(state.beat_removed),
-                        "beat_modified": list(state.beat_modified),
-                        "load_warnings": list(problems),
-                        **counts,
-                    }
+                    snapshot_check_document(
+                        state,
+                        path=str(path),
+                        load_warnings=problems,
+                        tasks=len(manifest.tasks),
+                        beat=len(manifest.beat),
+                    )
                 )
             if state.stale:
                 raise UnsafeError(state.describe(load_errors=len(problems)))
@@ -320,14 +314,12 @@ def snapshot(
         except OSError as exc:
             raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
         if json_:
+            from deploykit.output.documents import snapshot_written_document
+
             emit_json(
-                {
-                    "schema": SNAPSHOT_SCHEMA,
-                    "path": str(path),
-                    "checked": False,
-                    "written": not unchanged,
-                    **counts,
-                }
+                snapshot_written_document(
+                    str(path), written=not unchanged, tasks=counts["tasks"], beat=counts["beat"]
+                )
             )
         else:
             verb = "unchanged" if unchanged else "wrote"
@@ -414,15 +406,9 @@ def rules(json_: JsonOpt = False) -> None:
     with handle_errors():  # a malformed DEPLOYKIT_DOCS_URL is a usage error
         pages = {rule_id: rule_url(rule_id) for rule_id in RULES}
     if json_:
-        emit_json(
-            {
-                "schema": "deploykit.rules/1",
-                "rules": [
-                    {"id": r.id, "level": r.level.value, "summary": r.summary, "docs": pages[r.id]}
-                    for r in RULES.values()
-                ],
-            }
-        )
+        from deploykit.output.documents import rules_document
+
+        emit_json(rules_document(list(RULES.values()), pages))
         return
     width = max(len(rule_id) for rule_id in RULES)
     for rule in RULES.values():
