@@ -1,7 +1,7 @@
 """Manifest commands: ``manifest snapshot``, ``manifest diff`` and the CI gate ``check``.
 
 Thin: resolve settings, call one function of :mod:`deploykit.manifest.check`, render with
-:mod:`deploykit.output.findings`, exit (0 ok, 1 stale manifest or findings at ``--fail-on``,
+:mod:`deploykit.output.check`, exit (0 ok, 1 stale manifest or findings at ``--fail-on``,
 2 usage: bad flags, corrupt or future-schema manifest, an app that fails to import).
 """
 
@@ -165,7 +165,7 @@ def emit_report(
     report: Report, fmt: str, reports: list[tuple[str, Path]], *, root: Path, manifest: str
 ) -> None:
     """Render on stdout, write the ``--report`` files and the GitHub step summary, set the exit code."""
-    from deploykit.output import findings as out
+    from deploykit.output import check as out
 
     if fmt == "json":
         emit_json(report.document())

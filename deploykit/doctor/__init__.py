@@ -3,7 +3,8 @@
 ``model`` holds the plain data, ``gather`` asks the app, the workers and the broker (the only
 impure part), ``process_managers`` reads supervisor/systemd/Kubernetes files, and ``checks`` are
 pure functions from an :class:`~deploykit.doctor.model.Audit` to
-:class:`~deploykit.doctor.model.Finding` objects. README.md explains each finding ID (anchors ``dk-<id>``).
+:class:`~deploykit.findings.Finding` objects (rule IDs like ``ACKS_LATE_WITHOUT_REJECT``). README.md
+explains each rule (anchors ``dk-<rule-id>``, lower case with ``-`` for ``_``).
 """
 
 from deploykit.doctor.checks import fails, run_checks

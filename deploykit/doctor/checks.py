@@ -16,6 +16,7 @@ afterwards, so a fleet of ten identical workers gives one finding that names the
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from deploykit.brokers.urls import backend_scheme
@@ -27,7 +28,9 @@ from deploykit.doctor.model import (
     Level,
     ProcessManagerEntry,
     TaskPolicy,
+    finding,
 )
+from deploykit.findings import failing
 from deploykit.output.humanize import listed
 
 #: kombu's default ``visibility_timeout`` per transport (kombu/transport/redis.py, SQS/__init__.py).
@@ -162,8 +165,8 @@ def check_acks(audit: Audit) -> Iterator[Finding]:
                 (protected if truthy(reject) or retry_lost else unprotected).append(name)
         if unprotected is None or unprotected:
             which = "every task" if unprotected is None else listed(unprotected)
-            yield Finding(
-                "acks-late-without-reject",
+            yield finding(
+                "ACKS_LATE_WITHOUT_REJECT",
                 Level.ERROR,
                 "task_acks_late without task_reject_on_worker_lost",
                 f"{which} acks late, but when its pool process is killed (OOM killer, SIGKILL, a "
@@ -175,8 +178,8 @@ def check_acks(audit: Audit) -> Iterator[Finding]:
                 where=(source.origin,),
             )
         if (protected is None or protected) and not retry_lost:
-            yield Finding(
-                "reject-on-worker-lost-redelivery",
+            yield finding(
+                "REJECT_ON_WORKER_LOST_REDELIVERY",
                 Level.INFO,
                 "task_reject_on_worker_lost requeues a task that killed its worker, without limit",
                 "A task that itself kills its pool process (runs out of memory, crashes the "
@@ -189,8 +192,8 @@ def check_acks(audit: Audit) -> Iterator[Finding]:
         if late != []:
             continue
         if global_reject or any(truthy(t.reject_on_worker_lost) for t in tasks.values()):
-            yield Finding(
-                "reject-without-acks-late",
+            yield finding(
+                "REJECT_WITHOUT_ACKS_LATE",
                 Level.INFO,
                 "task_reject_on_worker_lost is set but no task acks late",
                 "task_reject_on_worker_lost only applies to tasks with acks_late; the message of "
@@ -200,8 +203,8 @@ def check_acks(audit: Audit) -> Iterator[Finding]:
                 where=(source.origin,),
             )
         else:
-            yield Finding(
-                "acks-early",
+            yield finding(
+                "ACKS_EARLY",
                 Level.INFO,
                 "tasks are acknowledged when they start (task_acks_late is off)",
                 "A task running when its worker is killed (SIGKILL, OOM, a cold shutdown, a "
@@ -223,8 +226,8 @@ def check_visibility_timeout(audit: Audit) -> Iterator[Finding]:
     for source in sources:
         vt = visibility_timeout(source, audit)
         if longest is not None and longest.held_for > vt:
-            yield Finding(
-                "visibility-timeout-below-eta",
+            yield finding(
+                "VISIBILITY_TIMEOUT_BELOW_ETA",
                 Level.ERROR,
                 f"visibility_timeout {fmt_seconds(vt)} is shorter than the longest ETA waiting "
                 f"({fmt_seconds(round(longest.held_for))})",
@@ -239,8 +242,8 @@ def check_visibility_timeout(audit: Audit) -> Iterator[Finding]:
             )
         bound, task = longest_runtime(source)
         if bound is not None and bound > vt:
-            yield Finding(
-                "visibility-timeout-below-time-limit",
+            yield finding(
+                "VISIBILITY_TIMEOUT_BELOW_TIME_LIMIT",
                 Level.WARNING,
                 f"visibility_timeout {fmt_seconds(vt)} is shorter than the longest task time limit "
                 f"({fmt_seconds(bound)})",
@@ -279,8 +282,8 @@ def check_consumer_timeout(audit: Audit) -> Iterator[Finding]:
         longest = _longest_eta(etas)
         if timeout is None or longest is None or longest.held_for <= timeout:
             continue
-        yield Finding(
-            "consumer-timeout-below-eta",
+        yield finding(
+            "CONSUMER_TIMEOUT_BELOW_ETA",
             Level.ERROR,
             f"RabbitMQ consumer_timeout {fmt_seconds(timeout)} ({origin}) is shorter than the "
             f"longest ETA held by a worker ({fmt_seconds(round(longest.held_for))})",
@@ -310,8 +313,8 @@ def check_consumer_timeout(audit: Audit) -> Iterator[Finding]:
             continue
         bound, task = longest_runtime(source)
         if bound is not None and bound > shortest:
-            yield Finding(
-                "consumer-timeout-below-time-limit",
+            yield finding(
+                "CONSUMER_TIMEOUT_BELOW_TIME_LIMIT",
                 Level.WARNING,
                 f"RabbitMQ consumer_timeout {fmt_seconds(shortest)} is shorter than the longest "
                 f"acks_late task time limit ({fmt_seconds(bound)})",
@@ -337,8 +340,8 @@ def check_delayed_delivery_exchange(audit: Audit) -> Iterator[Finding]:
         direct = sorted({d.name for d in quorum if (d.exchange_type or "direct") == "direct"})
         if not quorum or not direct:
             continue
-        yield Finding(
-            "delayed-delivery-direct-exchange",
+        yield finding(
+            "DELAYED_DELIVERY_DIRECT_EXCHANGE",
             Level.WARNING,
             "native delayed delivery does not apply to quorum queues bound to a direct exchange",
             f"Quorum queue(s) {listed(direct)} are bound to direct exchanges. Celery 5.5+ binds "
@@ -367,8 +370,8 @@ def check_pickle(audit: Audit) -> Iterator[Finding]:
             if str(source.get(key)) in PICKLE:
                 hits.append(key)
         if hits:
-            yield Finding(
-                "pickle-accepted",
+            yield finding(
+                "PICKLE_ACCEPTED",
                 Level.ERROR,
                 "pickle is accepted or used (" + ", ".join(hits) + ")",
                 "A worker that accepts pickle runs whatever code a message tells it to: anyone "
@@ -387,8 +390,8 @@ def check_result_backend(audit: Audit) -> Iterator[Finding]:
         backend = source.get("result_backend")
         scheme = backend_scheme(backend)
         if scheme in {"rpc", "amqp"}:
-            yield Finding(
-                "rpc-result-backend",
+            yield finding(
+                "RPC_RESULT_BACKEND",
                 Level.WARNING,
                 f"results go to the {scheme}:// backend",
                 "The RPC backend sends each result as a message to the process that sent the "
@@ -405,8 +408,8 @@ def check_confirm_publish(audit: Audit) -> Iterator[Finding]:
         return
     for source in audit.sources:
         if not truthy(source.transport_options.get("confirm_publish")):
-            yield Finding(
-                "confirm-publish-off",
+            yield finding(
+                "CONFIRM_PUBLISH_OFF",
                 Level.WARNING,
                 "broker_transport_options.confirm_publish is off on RabbitMQ",
                 "Without publisher confirms, apply_async returns before RabbitMQ has the message: "
@@ -428,8 +431,8 @@ def check_prefetch(audit: Audit) -> Iterator[Finding]:
         bound, task = longest_runtime(source)
         if bound is None or bound < LONG_TASK:
             continue
-        yield Finding(
-            "prefetch-with-long-tasks",
+        yield finding(
+            "PREFETCH_WITH_LONG_TASKS",
             Level.WARNING,
             f"worker_prefetch_multiplier = {multiplier:g} with tasks that run up to {fmt_seconds(bound)}",
             f"Each pool process reserves {multiplier:g} messages. Behind a long task ({task}) the "
@@ -458,8 +461,8 @@ def check_eta_limit(audit: Audit) -> Iterator[Finding]:
         if source.get("worker_eta_task_limit") is not None:
             continue
         supported = "worker_eta_task_limit" in source.settings
-        yield Finding(
-            "no-eta-task-limit",
+        yield finding(
+            "NO_ETA_TASK_LIMIT",
             Level.WARNING,
             f"no worker_eta_task_limit while a worker holds {most} ETA tasks",
             "Workers fetch ETA/countdown tasks at once and keep them in memory until due, "
@@ -486,8 +489,8 @@ def check_soft_shutdown(audit: Audit) -> Iterator[Finding]:
             missing.append("worker_soft_shutdown_timeout is 0")
         if not on_idle:
             missing.append("worker_enable_soft_shutdown_on_idle is off")
-        yield Finding(
-            "soft-shutdown-off-with-eta",
+        yield finding(
+            "SOFT_SHUTDOWN_OFF_WITH_ETA",
             Level.WARNING,
             f"{len(audit.etas)} ETA task(s) wait on {audit.broker_kind} and soft shutdown is not set up ("
             + "; ".join(missing)
@@ -514,8 +517,8 @@ def check_time_limits(audit: Audit) -> Iterator[Finding]:
         if not tasks_unbounded:
             continue
         which = "no task" if tasks_unbounded == ["*"] else listed(tasks_unbounded)
-        yield Finding(
-            "no-time-limit",
+        yield finding(
+            "NO_TIME_LIMIT",
             Level.WARNING,
             "tasks without a time limit",
             f"{'No task has' if tasks_unbounded == ['*'] else which + ' have no'} time limit. A hung "
@@ -565,8 +568,8 @@ def check_drift(audit: Audit) -> Iterator[Finding]:
         if not differing:
             continue
         drifted = "; ".join(f"{', '.join(origins)}: {value}" for value, origins in differing.items())
-        yield Finding(
-            "setting-drift",
+        yield finding(
+            "SETTING_DRIFT",
             Level.WARNING,
             f"{key} differs: {reference.origin} has {expected!r}; {drifted}",
             "What runs is not what the code says (an environment variable, an old release, a "
@@ -592,8 +595,8 @@ def check_process_managers(audit: Audit) -> Iterator[Finding]:
         if entry.stop_timeout is not None and bound is not None and entry.stop_timeout < bound:
             setting = entry.stop_timeout_setting or "the stop timeout"
             default = " (the default)" if entry.stop_timeout_default else ""
-            yield Finding(
-                "stop-timeout-below-task-time",
+            yield finding(
+                "STOP_TIMEOUT_BELOW_TASK_TIME",
                 Level.ERROR,
                 f"{entry.kind} stops {entry.name} after {fmt_seconds(entry.stop_timeout)}{default}, "
                 f"but a task may run {fmt_seconds(bound)}",
@@ -607,8 +610,8 @@ def check_process_managers(audit: Audit) -> Iterator[Finding]:
                 line=entry.line,
             )
         if entry.signals_group:
-            yield Finding(
-                "process-group-signal",
+            yield finding(
+                "PROCESS_GROUP_SIGNAL",
                 Level.ERROR,
                 f"{entry.kind} sends the stop signal to the whole process group of {entry.name} "
                 f"({entry.group_setting})",
@@ -622,8 +625,8 @@ def check_process_managers(audit: Audit) -> Iterator[Finding]:
             )
         signal = (entry.stop_signal or "TERM").upper().removeprefix("SIG")
         if signal == "KILL":
-            yield Finding(
-                "sigkill-stop-signal",
+            yield finding(
+                "SIGKILL_STOP_SIGNAL",
                 Level.ERROR,
                 f"{entry.kind} stops {entry.name} with SIGKILL",
                 "SIGKILL cannot be handled: no warm shutdown, running early-acked tasks are lost, "
@@ -637,8 +640,8 @@ def check_process_managers(audit: Audit) -> Iterator[Finding]:
             )
         elif signal == "QUIT" or (signal == "TERM" and (entry.remap_sigterm or "").upper().endswith("QUIT")):
             how = "SIGQUIT" if signal == "QUIT" else "SIGTERM with REMAP_SIGTERM=SIGQUIT"
-            yield Finding(
-                "cold-stop-signal",
+            yield finding(
+                "COLD_STOP_SIGNAL",
                 Level.WARNING,
                 f"{entry.kind} stops {entry.name} with a cold shutdown ({how})",
                 "A cold shutdown terminates running tasks (after worker_soft_shutdown_timeout, if "
@@ -651,8 +654,8 @@ def check_process_managers(audit: Audit) -> Iterator[Finding]:
                 line=entry.line,
             )
         if entry.shell_wrapped:
-            yield Finding(
-                "shell-wrapped-worker",
+            yield finding(
+                "SHELL_WRAPPED_WORKER",
                 Level.WARNING,
                 f"{entry.name} runs the worker under a shell (sh -c) without exec",
                 "Kubernetes sends SIGTERM to the container's PID 1, the shell, which does not pass "
@@ -713,14 +716,13 @@ def merge(findings: Iterable[Finding]) -> list[Finding]:
     """One finding per distinct problem, naming every place it was found; worst first."""
     merged: dict[tuple[Any, ...], Finding] = {}
     for f in findings:
-        key = (f.id, f.level, f.title, f.why, f.fix, f.file, f.line)
+        key = (f.rule, f.level, f.message, f.why, f.hint, f.file, f.line)
         if key in merged:
             old = merged[key]
-            where = old.where + tuple(w for w in f.where if w not in old.where)
-            merged[key] = Finding(f.id, f.level, f.title, f.why, f.fix, where, f.file, f.line)
+            merged[key] = replace(old, where=old.where + tuple(w for w in f.where if w not in old.where))
         else:
             merged[key] = f
-    return sorted(merged.values(), key=lambda f: (-f.level.rank, f.id, f.where))
+    return sorted(merged.values(), key=lambda f: (-f.level.rank, f.rule, f.where))
 
 
 def run_checks(audit: Audit, checks: Sequence[Check] = CHECKS) -> list[Finding]:
@@ -729,8 +731,5 @@ def run_checks(audit: Audit, checks: Sequence[Check] = CHECKS) -> list[Finding]:
 
 
 def fails(findings: Iterable[Finding], fail_on: str) -> bool:
-    """True when a finding reaches the ``--fail-on`` level (``error``, ``warning``, ``never``)."""
-    if fail_on == "never":
-        return False
-    threshold = Level(fail_on).rank
-    return any(f.level.rank >= threshold for f in findings)
+    """True when a finding reaches the ``--fail-on`` level (``error``, ``warning``, ``info``, ``never``)."""
+    return bool(failing(findings, fail_on))

@@ -6,47 +6,32 @@ files) and every check is a pure function of it, so checks are tested from table
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
 from typing import Any
 
-
-class Level(str, Enum):
-    """How bad a finding is. ``error``: loses tasks or opens a hole; ``warning``: duplicates tasks
-    or loses them under some conditions; ``info``: a trade-off worth knowing."""
-
-    ERROR = "error"
-    WARNING = "warning"
-    INFO = "info"
-
-    @property
-    def rank(self) -> int:
-        return {"error": 3, "warning": 2, "info": 1}[self.value]
+# The vocabulary every command shares; re-exported for the checks.
+from deploykit.findings import Finding as Finding
+from deploykit.findings import Level as Level
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One risky setting: what it is, why it loses or duplicates tasks, and the fix."""
+def finding(
+    rule: str,
+    level: Level,
+    title: str,
+    why: str,
+    fix: str,
+    where: Iterable[str] = (),
+    file: str | None = None,
+    line: int | None = None,
+) -> Finding:
+    """One risky setting: what it is (the message), why it loses or duplicates tasks, the fix.
 
-    id: str
-    level: Level
-    title: str
-    why: str
-    fix: str
-    #: The configuration sources or files it was found in (``app``, ``worker w1@host``, a path).
-    where: tuple[str, ...] = ()
-    #: ``path:line`` of a process-manager file, when the finding comes from one.
-    file: str | None = None
-    line: int | None = None
-
-    @property
-    def docs(self) -> str:
-        """The finding's page in the documentation (an absolute URL, see :mod:`deploykit.docs`)."""
-        from deploykit.docs import rule_url
-
-        return rule_url(self.id)
+    ``where`` names the configuration sources or files it was found in (``app``,
+    ``worker w1@host``, a path); ``file``/``line`` point at a process-manager file's line.
+    """
+    return Finding(rule, level, None, title, fix, why=why, where=tuple(where), file=file, line=line)
 
 
 @dataclass(frozen=True)

@@ -12,23 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploykit.errors import UsageError
+from deploykit.findings import FAIL_ON as FAIL_ON
+from deploykit.findings import Finding, counts, failing
+from deploykit.findings import fail_threshold as fail_threshold
 from deploykit.manifest import model
 from deploykit.manifest.diff import diff
-from deploykit.manifest.rules import Finding, Level
 from deploykit.manifest.suppress import IgnoreEntry, apply_suppressions
+from deploykit.output.documents import schema_name
 from deploykit.output.humanize import listed
 
-FAIL_ON = ("error", "warning", "info", "never")
-REPORT_SCHEMA = "deploykit.findings/1"
-
-
-def fail_threshold(fail_on: str) -> int | None:
-    """The lowest level rank that fails (``None`` for ``never``)."""
-    value = fail_on.strip().lower()
-    if value not in FAIL_ON:
-        raise UsageError(f"invalid --fail-on {fail_on!r}: use one of {', '.join(FAIL_ON)}")
-    return None if value == "never" else Level(value).rank
+#: Its version, with the others, in :data:`deploykit.output.documents.SCHEMAS`.
+REPORT_SCHEMA = schema_name("findings")
 
 
 @dataclass(frozen=True)
@@ -53,18 +47,12 @@ class Report:
     unchecked: Mapping[str, Any] | None = None
 
     def counts(self) -> dict[str, int]:
-        counts = {"error": 0, "warning": 0, "info": 0, "suppressed": 0}
-        for item in self.findings:
-            counts["suppressed" if item.suppressed else item.level.value] += 1
-        return counts
+        return counts(self.findings, suppressed=True)
 
     @property
     def failing(self) -> tuple[Finding, ...]:
         """The unsuppressed findings at or above ``fail_on``."""
-        threshold = fail_threshold(self.fail_on)
-        if threshold is None:
-            return ()
-        return tuple(f for f in self.findings if not f.suppressed and f.level.rank >= threshold)
+        return failing(self.findings, self.fail_on)
 
     @property
     def failed(self) -> bool:
@@ -79,6 +67,8 @@ class Report:
 
     def document(self) -> dict[str, Any]:
         """The ``--json`` document (schema ``deploykit.findings/1``)."""
+        from deploykit.output.findings import finding_json
+
         return {
             "schema": REPORT_SCHEMA,
             "command": self.command,
@@ -93,24 +83,7 @@ class Report:
             ),
             "counts": self.counts(),
             "notes": list(self.notes),
-            "findings": [
-                {
-                    "rule": f.rule,
-                    "level": f.level.value,
-                    "task": f.task,
-                    "parameter": f.parameter,
-                    "beat_entry": f.beat_entry,
-                    "message": f.message,
-                    "hint": f.hint,
-                    "docs": f.docs,
-                    "file": f.file,
-                    "line": f.line,
-                    "suppressed": f.suppressed,
-                    "suppressed_by": f.suppressed_by,
-                    "data": dict(f.data) if f.data is not None else None,
-                }
-                for f in self.findings
-            ],
+            "findings": [finding_json(f) for f in self.findings],
         }
 
 

@@ -521,7 +521,7 @@ def diff(old: Manifest, new: Manifest) -> Iterator[Finding]:
 
     def add(items: Iterator[Finding]) -> None:
         for item in items:
-            per_task.setdefault(item.task, []).append(item)
+            per_task.setdefault(item.task or "", []).append(item)
 
     for name in sorted(set(old.tasks) | set(new.tasks)):
         before, after = old.tasks.get(name), new.tasks.get(name)

@@ -1,29 +1,21 @@
-"""The rule catalogue and the typed :class:`Finding` the diff produces.
+"""The rule catalogue of ``check``/``diff``/``check --broker``, and a factory for their findings.
 
-Every rule has a stable ID (used in ``--json``, suppressions and CI annotations), a default level
-and a one-line summary. Rules reason about both directions of a rolling deploy: *old messages
-reaching new workers* (queued, ETA, retries, beat) and *new producers reaching old workers* while
-the fleet is mixed.
+Every rule has a stable UPPER_SNAKE ID (used in ``--json``, suppressions and CI annotations), a
+default level and a one-line summary; :class:`~deploykit.findings.Finding` and
+:class:`~deploykit.findings.Level` are the vocabulary every command shares. Rules reason about
+both directions of a rolling deploy: *old messages reaching new workers* (queued, ETA, retries,
+beat) and *new producers reaching old workers* while the fleet is mixed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from enum import Enum
+from dataclasses import dataclass
 from typing import Any
 
+from deploykit.findings import Finding, Level
 
-class Level(str, Enum):
-    """How bad a finding is; ``--fail-on`` compares against these."""
-
-    ERROR = "error"
-    WARNING = "warning"
-    INFO = "info"
-
-    @property
-    def rank(self) -> int:
-        return {"error": 3, "warning": 2, "info": 1}[self.value]
+__all__ = ["RULES", "Finding", "Level", "Rule", "finding"]
 
 
 @dataclass(frozen=True)
@@ -73,44 +65,6 @@ _CATALOGUE = (
 
 #: Rule ID -> rule, in catalogue order.
 RULES: dict[str, Rule] = {rule.id: rule for rule in _CATALOGUE}
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One change and what it breaks. ``file``/``line`` point into the new code when possible."""
-
-    rule: str
-    level: Level
-    task: str
-    message: str
-    hint: str
-    file: str | None = None
-    line: int | None = None
-    parameter: str | None = None
-    beat_entry: str | None = None
-    suppressed: bool = False
-    #: ``"inline"`` or the ``[tool.deploykit] ignore`` entry that matched.
-    suppressed_by: str | None = None
-    #: The numbers behind the message, for machines (plain JSON values): ``WAITING_*`` findings
-    #: carry ``count``, ``beat_entries``, ``locations``, ``reasons``, ``sample_ids``,
-    #: ``earliest_eta``, ``latest_eta``, ``expired``. ``None`` for the other rules.
-    data: Mapping[str, Any] | None = None
-
-    @property
-    def docs(self) -> str:
-        """The rule's page in the documentation (an absolute URL, see :mod:`deploykit.docs`)."""
-        from deploykit.docs import rule_url
-
-        return rule_url(self.rule)
-
-    @property
-    def location(self) -> str | None:
-        if self.file is None:
-            return None
-        return f"{self.file}:{self.line}" if self.line else self.file
-
-    def suppress(self, by: str) -> Finding:
-        return replace(self, suppressed=True, suppressed_by=by)
 
 
 def finding(

@@ -32,7 +32,7 @@ class IgnoreEntry:
     text: str
 
     def matches(self, finding: Finding) -> bool:
-        return (self.rule in ("*", finding.rule)) and fnmatch.fnmatchcase(finding.task, self.task)
+        return (self.rule in ("*", finding.rule)) and fnmatch.fnmatchcase(finding.task or "", self.task)
 
 
 def parse_ignore(raw: Any, *, source: str = "[tool.deploykit] ignore") -> tuple[IgnoreEntry, ...]:
@@ -52,6 +52,8 @@ def parse_ignore(raw: Any, *, source: str = "[tool.deploykit] ignore") -> tuple[
 
 
 def _inline_rules(finding: Finding, old: Manifest, new: Manifest) -> Sequence[str]:
+    if finding.task is None:
+        return ()
     task = new.tasks.get(finding.task)
     if task is None:
         task = old.tasks.get(finding.task)

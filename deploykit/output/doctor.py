@@ -1,28 +1,22 @@
-"""``doctor`` and ``probe`` output: text for people, one JSON document, GitHub annotations."""
+"""``doctor`` and ``probe`` output: text for people, one JSON body, GitHub annotations.
+
+Doctor's findings are rendered by :mod:`deploykit.output.findings` (one renderer per format,
+shared with ``check`` and ``scan``); this module adds what the audit looked at and the summary.
+"""
 
 from __future__ import annotations
 
 import os
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploykit.doctor.model import Audit, Finding, Level
+from deploykit.doctor.model import Audit, Finding
+from deploykit.findings import counts
+from deploykit.output import findings as out
 
 if TYPE_CHECKING:
     from deploykit.probe import ProbeReport
-
-#: GitHub shows only the first few annotations of each kind; the rest go to the step summary.
-GITHUB_ANNOTATION_CAP = 10
-_GITHUB_COMMAND = {Level.ERROR: "error", Level.WARNING: "warning", Level.INFO: "notice"}
-_LABEL = {Level.ERROR: "ERROR", Level.WARNING: "WARN ", Level.INFO: "info "}
-_STYLE = {Level.ERROR: "bold red", Level.WARNING: "yellow", Level.INFO: "cyan"}
-
-
-def counts(findings: Iterable[Finding]) -> dict[str, int]:
-    counter = Counter(f.level.value for f in findings)
-    return {level.value: counter.get(level.value, 0) for level in Level}
 
 
 def audited(audit: Audit) -> dict[str, Any]:
@@ -40,20 +34,6 @@ def audited(audit: Audit) -> dict[str, Any]:
     }
 
 
-def finding_document(finding: Finding) -> dict[str, Any]:
-    return {
-        "id": finding.id,
-        "level": finding.level.value,
-        "title": finding.title,
-        "why": finding.why,
-        "fix": finding.fix,
-        "docs": finding.docs,
-        "where": list(finding.where),
-        "file": finding.file,
-        "line": finding.line,
-    }
-
-
 def doctor_document(
     audit: Audit, findings: Sequence[Finding], *, fail_on: str, failed: bool
 ) -> dict[str, Any]:
@@ -61,7 +41,7 @@ def doctor_document(
         "summary": counts(findings),
         "fail_on": fail_on,
         "failed": failed,
-        "findings": [finding_document(f) for f in findings],
+        "findings": [out.finding_json(f) for f in findings],
         "audited": audited(audit),
         "notes": list(audit.notes),
     }
@@ -84,80 +64,43 @@ def _summary_line(audit: Audit, findings: Sequence[Finding]) -> str:
     return "doctor: " + ", ".join(parts) + " — audited " + (", ".join(what) or "nothing")
 
 
-def render_doctor_text(audit: Audit, findings: Sequence[Finding], out: Any) -> None:
-    import textwrap
+def heading(audit: Audit, findings: Sequence[Finding]) -> out.Heading:
+    return out.Heading(
+        command="doctor",
+        summary=_summary_line(audit, findings).removeprefix("doctor: "),
+        title="deploykit doctor: risky settings",
+        intro=_summary_line(audit, findings),
+        notes=audit.notes,
+        empty="No risky setting found.",
+    )
 
+
+def render_doctor_text(audit: Audit, findings: Sequence[Finding], out_: Any) -> None:
+    """Each finding (where, why, hint, docs), the notes, then the summary line."""
     from rich.text import Text
 
-    indent = " " * 14
-    width = max(int(getattr(out, "width", 100) or 100), 60)
-    for f in findings:
-        heading = Text.assemble((_LABEL[f.level], _STYLE[f.level]), " ", (f.id, "bold"), "  ", f.title)
-        out.print(heading, soft_wrap=True)
-        where = ", ".join(f.where)
-        if f.file:
-            where = f"{f.file}:{f.line}" if f.line else f.file
-        for label, value in (("where:", where), ("why:", f.why), ("fix:", f.fix), ("docs:", f.docs)):
-            if value:
-                # Wrapped lines stay indented under their label (and carry no trailing spaces).
-                lines = textwrap.wrap(value, width=width - len(indent)) or [""]
-                first = f"       {label:<6} " + lines[0]
-                out.print(Text("\n".join([first, *(indent + line for line in lines[1:])])), soft_wrap=True)
-        out.print("")
+    out.render_text(findings, out_)
     for note in audit.notes:
-        out.print(Text(f"note: {note}"), soft_wrap=True)
-    out.print(Text(_summary_line(audit, findings)), soft_wrap=True)
-
-
-def _escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _escape_property(text: str) -> str:
-    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
-
-
-def github_annotations(findings: Sequence[Finding], cap: int = GITHUB_ANNOTATION_CAP) -> list[str]:
-    """``::error file=…,line=…,title=…::message`` lines, at most ``cap`` per level."""
-    lines = []
-    shown: Counter[Level] = Counter()
-    for f in findings:
-        if shown[f.level] >= cap:
-            continue
-        shown[f.level] += 1
-        props = []
-        if f.file:
-            props.append(f"file={_escape_property(f.file)}")
-            if f.line:
-                props.append(f"line={f.line}")
-        props.append(f"title={_escape_property('deploykit doctor: ' + f.id)}")
-        message = f"{f.title} ({', '.join(f.where)}). Fix: {f.fix} See {f.docs}"
-        lines.append(f"::{_GITHUB_COMMAND[f.level]} {','.join(props)}::{_escape_data(message)}")
-    return lines
+        out_.print(Text(f"note: {note}"), soft_wrap=True)
+    out_.print(Text(_summary_line(audit, findings)), soft_wrap=True)
 
 
 def github_summary(audit: Audit, findings: Sequence[Finding]) -> str:
     """The full list as Markdown, for ``$GITHUB_STEP_SUMMARY``."""
-    rows = ["## deploykit doctor", "", _summary_line(audit, findings), ""]
-    if findings:
-        rows += ["| level | finding | where | fix |", "|---|---|---|---|"]
-        for f in findings:
-            cells = [f.level.value, f"[`{f.id}`]({f.docs}) {f.title}", ", ".join(f.where), f.fix]
-            rows.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
-    return "\n".join(rows) + "\n"
+    return out.markdown(findings, heading(audit, findings))
 
 
 def render_doctor_github(
     audit: Audit, findings: Sequence[Finding], write: Any, environ: Mapping[str, str] | None = None
 ) -> None:
+    """Annotations (see :func:`deploykit.output.findings.github` for the truncation rule), the
+    summary line, and the full table appended to ``$GITHUB_STEP_SUMMARY``."""
     environ = os.environ if environ is None else environ
-    for line in github_annotations(findings):
+    for line in out.github(findings, heading(audit, findings)).splitlines():
         write(line)
-    write(_summary_line(audit, findings))
     summary_path = environ.get("GITHUB_STEP_SUMMARY")
     if summary_path:
-        with Path(summary_path).open("a", encoding="utf-8") as handle:
-            handle.write(github_summary(audit, findings))
+        out.write_step_summary(github_summary(audit, findings), Path(summary_path))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,44 +1,77 @@
-"""Renderers for a findings :class:`~deploykit.manifest.check.Report`.
+"""One renderer per output format for every command's findings (:class:`~deploykit.findings.Finding`).
 
-* ``text``: rich, grouped by task (colour only on a TTY, ``NO_COLOR`` honoured);
-* ``json``: :meth:`Report.document` (schema ``deploykit.findings/1``);
+``check``/``diff`` (:mod:`deploykit.output.check`), ``doctor`` (:mod:`deploykit.output.doctor`)
+and ``scan`` (:mod:`deploykit.output.scan`) only add their heading and summary line:
 
-Every unsuppressed finding links to its rule's page (:attr:`Finding.docs`, built by
-:func:`deploykit.docs.rule_url` alone): a ``docs:`` line in text, ``docs`` in JSON, ``See <url>``
-ending GitHub annotations and GitLab descriptions (GitLab's Code Quality subset has no link
-field: ``description``, ``check_name``, ``fingerprint``, ``severity``, ``location``), the rule ID
-as a link in Markdown.
-* ``github``: workflow-command annotations (``::error file=…,line=…,title=…::…``), errors first —
-  GitHub shows only about 10 per kind per step, so the full table goes to ``$GITHUB_STEP_SUMMARY``
-  (:func:`write_step_summary`, capped below GitHub's 1 MiB limit);
-* ``gitlab``: a Code Quality report (a JSON array in GitLab's Code Climate subset);
-* ``markdown``: one table, also used for the step summary.
+* ``text``: :func:`render_text`, one block per finding (level, rule, message, then ``where``,
+  ``why``, ``hint`` and ``docs`` lines), grouped under their task when they have one; colour
+  only on a TTY, ``NO_COLOR`` honoured;
+* ``json``: :func:`finding_json`, the same object in every document;
+* ``github``: :func:`github`, workflow-command annotations (``::error file=…,line=…,title=…::…``)
+  and the summary line, and :func:`write_step_summary` for ``$GITHUB_STEP_SUMMARY``;
+* ``gitlab``: :func:`gitlab`, a Code Quality report (GitLab's Code Climate subset);
+* ``markdown``: :func:`markdown`, one table, also the step summary.
 
-Paths in findings are relative to the project root; ``prefix`` (the project root relative to the
-repository root) is prepended where CI systems need repository paths.
+**GitHub truncation, the one policy.** GitHub shows at most 10 annotations of each kind (error,
+warning, notice) per step and drops the rest
+(https://docs.github.com/en/actions/reference/workflows-and-actions/workflow-commands). So at most
+:data:`GITHUB_ANNOTATIONS_PER_KIND` of each kind are written, most severe first, followed by one
+plain line counting those left out; every finding is in the step summary (capped at
+:data:`STEP_SUMMARY_LIMIT` bytes, below GitHub's 1 MiB, cut at a row with a note) and in ``--json``.
+
+Every unsuppressed finding links to its rule's page (:attr:`Finding.docs`): a ``docs:`` line in
+text, ``docs`` in JSON, ``See <url>`` ending annotations and GitLab descriptions (GitLab's subset
+has no link field: ``description``, ``check_name``, ``fingerprint``, ``severity``, ``location``),
+the rule ID as a link in Markdown. Suppressed findings are listed (text, JSON, Markdown) but never
+annotated. Paths in findings are relative to the project root; ``prefix`` (the project root
+relative to the repository root) is prepended where CI systems need repository paths.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+import textwrap
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploykit.manifest.check import Report
-from deploykit.manifest.rules import Finding, Level
+from deploykit.findings import Finding, Level, worst_first
 
 FORMATS = ("text", "json", "github", "gitlab", "markdown")
+#: GitHub shows only this many annotations of each kind per step.
+GITHUB_ANNOTATIONS_PER_KIND = 10
 #: GitHub rejects step summaries over 1 MiB; stay well below it.
 STEP_SUMMARY_LIMIT = 1000 * 1024
 
-_LEVEL_ORDER = {Level.ERROR: 0, Level.WARNING: 1, Level.INFO: 2}
 _GITLAB_SEVERITY = {Level.ERROR: "critical", Level.WARNING: "major", Level.INFO: "info"}
 _GITHUB_COMMAND = {Level.ERROR: "error", Level.WARNING: "warning", Level.INFO: "notice"}
+_STYLE = {Level.ERROR: "bold red", Level.WARNING: "yellow", Level.INFO: "cyan"}
 
 
-def _path(finding: Finding, prefix: str | None) -> str | None:
+@dataclass(frozen=True)
+class Heading:
+    """What a command says around its findings (every format shows the same)."""
+
+    #: ``check``, ``diff``, ``doctor``, ``scan``: ``deploykit <command>: …`` in CI output.
+    command: str
+    #: The one-line verdict (counts and OK / FAILED / INCOMPLETE).
+    summary: str
+    #: The Markdown section's title.
+    title: str
+    #: The Markdown line under the title (default: the summary in bold).
+    intro: str | None = None
+    notes: tuple[str, ...] = ()
+    #: Why the result is incomplete (a warning annotation), when it is.
+    incomplete: str | None = None
+    #: What to say when there is no finding.
+    empty: str = "No finding."
+
+
+def repo_path(finding: Finding, prefix: str | None) -> str | None:
+    """The finding's file relative to the repository root (``prefix`` is the project root in it)."""
     if finding.file is None:
         return None
     if not prefix or prefix == ".":
@@ -46,92 +79,84 @@ def _path(finding: Finding, prefix: str | None) -> str | None:
     return f"{prefix.rstrip('/')}/{finding.file}"
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}" + ("" if count == 1 or word == "info" else "s")
+# --- json ------------------------------------------------------------------------------------
 
 
-def summary_line(report: Report) -> str:
-    counts = report.counts()
-    parts = [
-        _plural(counts["error"], "error"),
-        _plural(counts["warning"], "warning"),
-        _plural(counts["info"], "info"),
-    ]
-    if counts["suppressed"]:
-        parts.append(f"{counts['suppressed']} suppressed")
-    if report.failed:
-        verdict = f"FAILED (--fail-on {report.fail_on})"
-        if report.incomplete:
-            verdict += f"; also INCOMPLETE: {report.incomplete}"
-    elif report.incomplete:
-        verdict = f"INCOMPLETE: {report.incomplete}"
-    else:
-        verdict = "OK"
-    return f"{', '.join(parts)}; {report.tasks_old} -> {report.tasks_new} tasks. {verdict}"
-
-
-def _by_task(findings: Iterable[Finding]) -> dict[str, list[Finding]]:
-    grouped: dict[str, list[Finding]] = {}
-    for item in findings:
-        grouped.setdefault(item.task, []).append(item)
-    return grouped
+def finding_json(finding: Finding) -> dict[str, Any]:
+    """The finding as plain JSON values: the same object in every ``--json`` document."""
+    return {
+        "rule": finding.rule,
+        "level": finding.level.value,
+        "task": finding.task,
+        "parameter": finding.parameter,
+        "beat_entry": finding.beat_entry,
+        "message": finding.message,
+        "hint": finding.hint,
+        "docs": finding.docs,
+        "file": finding.file,
+        "line": finding.line,
+        "suppressed": finding.suppressed,
+        "suppressed_by": finding.suppressed_by,
+        "data": dict(finding.data) if finding.data is not None else None,
+        "why": finding.why,
+        "where": list(finding.where),
+    }
 
 
 # --- text ------------------------------------------------------------------------------------
 
 
-def render_text(report: Report, console: Any) -> None:
-    """Findings grouped by task, most severe first within a task, then the summary line."""
-    from rich.markup import escape
+def _by_task(findings: Iterable[Finding]) -> dict[str | None, list[Finding]]:
+    grouped: dict[str | None, list[Finding]] = {}
+    for item in findings:
+        grouped.setdefault(item.task, []).append(item)
+    return grouped
 
-    style = {Level.ERROR: "bold red", Level.WARNING: "yellow", Level.INFO: "cyan"}
-    console.print(f"deploykit {report.command}: {escape(report.old)} -> {escape(report.new)}", soft_wrap=True)
-    for note in report.notes:
-        console.print(f"[dim]note: {escape(note)}[/dim]", soft_wrap=True)
-    if not report.findings:
-        console.print("No changes that affect queued or in-flight tasks.", soft_wrap=True)
-    for task, items in _by_task(report.findings).items():
-        where = next((f.location for f in items if f.location), None)
-        console.print()
-        console.print(
-            f"[bold]{escape(task)}[/bold]" + (f"  [dim]{escape(where)}[/dim]" if where else ""),
-            soft_wrap=True,
-        )
-        for item in sorted(items, key=lambda f: (f.suppressed, _LEVEL_ORDER[f.level])):
+
+def render_text(findings: Sequence[Finding], out: Any, *, empty: str | None = None) -> None:
+    """One block per finding, most severe first; findings about a task under its name.
+
+    ``out`` is a rich console. Values are printed as text, never as markup. Wrapped lines stay
+    indented under their label, without trailing spaces.
+    """
+    from rich.text import Text
+
+    width = max(int(getattr(out, "width", 100) or 100), 60)
+    if not findings and empty:
+        out.print(Text(empty), soft_wrap=True)
+    for task, items in _by_task(findings).items():
+        indent = ""
+        if task is not None:
+            where = next((f.location for f in items if f.location), None)
+            out.print()
+            out.print(Text.assemble((task, "bold"), ("  " + where if where else "", "dim")), soft_wrap=True)
+            indent = "  "
+        for item in worst_first(items):
             label = f"{item.level.value.upper():<7}"
             if item.suppressed:
-                console.print(
-                    f"  [dim]{label} {item.rule} (suppressed: {escape(item.suppressed_by or '')})  "
-                    f"{escape(item.message)}[/dim]",
-                    soft_wrap=True,
-                )
+                line = f"{indent}{label} {item.rule} (suppressed: {item.suppressed_by or ''})  {item.message}"
+                out.print(Text(line, style="dim"), soft_wrap=True)
                 continue
-            console.print(
-                f"  [{style[item.level]}]{label}[/] [bold]{item.rule}[/bold]  {escape(item.message)}",
+            out.print(
+                Text.assemble(
+                    indent, (label, _STYLE[item.level]), " ", (item.rule, "bold"), "  ", item.message
+                ),
                 soft_wrap=True,
             )
-            console.print(f"          [dim]hint:[/dim] {escape(item.hint)}", soft_wrap=True)
-            console.print(f"          [dim]docs: {escape(item.docs)}[/dim]", soft_wrap=True)
-    console.print()
-    console.print(summary_line(report), style="bold red" if report.failed else None, soft_wrap=True)
-
-
-def text(report: Report, *, width: int = 120) -> str:
-    """The text rendering without colour, as a string (for ``--report text=PATH``)."""
-    import io
-
-    from rich.console import Console
-
-    buffer = io.StringIO()
-    render_text(report, Console(file=buffer, no_color=True, width=width, highlight=False, soft_wrap=True))
-    return buffer.getvalue()
-
-
-# --- json ------------------------------------------------------------------------------------
-
-
-def to_json(report: Report) -> str:
-    return json.dumps(report.document(), indent=2, ensure_ascii=False) + "\n"
+            pad = indent + " " * 8
+            where = "" if task is not None else (item.location or ", ".join(item.where))
+            labelled = (("where:", where), ("why:", item.why), ("hint:", item.hint), ("docs:", item.docs))
+            for name, value in labelled:
+                if value:
+                    room = width - len(pad) - len(name) - 1
+                    # Links and setting names are never broken across lines.
+                    lines = textwrap.wrap(value, room, break_long_words=False, break_on_hyphens=False)
+                    first = f"{pad}{name} {(lines or [''])[0]}"
+                    rest = [" " * (len(pad) + len(name) + 1) + line for line in lines[1:]]
+                    style = "dim" if name == "docs:" else ""
+                    out.print(Text("\n".join([first, *rest]), style=style), soft_wrap=True)
+            if task is None:
+                out.print()
 
 
 # --- GitHub ----------------------------------------------------------------------------------
@@ -145,60 +170,93 @@ def _escape_property(value: str) -> str:
     return _escape_data(value).replace(":", "%3A").replace(",", "%2C")
 
 
-def github(report: Report, *, prefix: str | None = None) -> str:
-    """Workflow-command annotations for unsuppressed findings, errors first, then the summary."""
+def annotation(finding: Finding, *, prefix: str | None = None) -> str:
+    """One workflow command: ``::error file=…,line=…,title=RULE (task)::message Hint: … See <docs>``."""
+    props = []
+    path = repo_path(finding, prefix)
+    if path:
+        props.append(f"file={_escape_property(path)}")
+        if finding.line:
+            props.append(f"line={finding.line}")
+    title = f"{finding.rule} ({finding.subject})" if finding.subject else finding.rule
+    props.append(f"title={_escape_property(title)}")
+    message = f"{finding.message} Hint: {finding.hint} See {finding.docs}"
+    return f"::{_GITHUB_COMMAND[finding.level]} {','.join(props)}::{_escape_data(message)}"
+
+
+def github(
+    findings: Sequence[Finding],
+    heading: Heading,
+    *,
+    prefix: str | None = None,
+    per_kind: int = GITHUB_ANNOTATIONS_PER_KIND,
+) -> str:
+    """Annotations for the unsuppressed findings (at most ``per_kind`` of each kind, errors first),
+    a warning when the result is incomplete, a line counting what was left out, the summary line."""
+    candidates: list[tuple[Level, str]] = [
+        (item.level, annotation(item, prefix=prefix)) for item in worst_first(findings) if not item.suppressed
+    ]
+    if heading.incomplete:
+        title = _escape_property(f"deploykit {heading.command}: incomplete")
+        # Before the warnings: it says why the verdict cannot be OK.
+        first_warning = next((i for i, (lvl, _) in enumerate(candidates) if lvl is not Level.ERROR), None)
+        at = len(candidates) if first_warning is None else first_warning
+        candidates.insert(at, (Level.WARNING, f"::warning title={title}::{_escape_data(heading.incomplete)}"))
+    shown: Counter[Level] = Counter()
     lines = []
-    active = sorted((f for f in report.findings if not f.suppressed), key=lambda f: _LEVEL_ORDER[f.level])
-    for item in active:
-        props = []
-        path = _path(item, prefix)
-        if path:
-            props.append(f"file={_escape_property(path)}")
-            if item.line:
-                props.append(f"line={item.line}")
-        props.append(f"title={_escape_property(f'{item.rule} ({item.task})')}")
-        message = f"{item.message} Hint: {item.hint} See {item.docs}"
-        lines.append(f"::{_GITHUB_COMMAND[item.level]} {','.join(props)}::{_escape_data(message)}")
-    if report.incomplete:
-        title = _escape_property(f"deploykit {report.command}: incomplete")
-        lines.append(f"::warning title={title}::{_escape_data(report.incomplete)}")
-    lines.append(f"deploykit {report.command}: {summary_line(report)}")
+    for level, line in candidates:
+        shown[level] += 1
+        if shown[level] <= per_kind:
+            lines.append(line)
+    left_out = sum(max(0, n - per_kind) for n in shown.values())
+    if left_out:
+        lines.append(
+            f"deploykit {heading.command}: {left_out} more finding(s) not annotated (GitHub shows "
+            f"{per_kind} per kind per step); every finding is in the step summary and in --json"
+        )
+    lines.append(f"deploykit {heading.command}: {heading.summary}")
     return "\n".join(lines) + "\n"
 
 
-def write_step_summary(report: Report, path: Path, *, prefix: str | None = None) -> None:
-    """Append the Markdown table to ``$GITHUB_STEP_SUMMARY``, truncated under GitHub's 1 MiB cap."""
-    body = markdown(report, prefix=prefix)
-    encoded = body.encode()
+def write_step_summary(text: str, path: Path) -> None:
+    """Append ``text`` (Markdown) to ``$GITHUB_STEP_SUMMARY``, cut at a line under the size cap."""
+    encoded = text.encode()
     if len(encoded) > STEP_SUMMARY_LIMIT:
         cut = encoded[:STEP_SUMMARY_LIMIT].decode("utf-8", "ignore")
-        body = cut[: cut.rfind("\n") + 1] + "\n_Truncated: run `deploykit check --json` for every finding._\n"
+        note = "\n_Truncated: run the same command with `--json` for every finding._\n"
+        text = cut[: cut.rfind("\n") + 1] + note
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write(body)
+        handle.write(text)
 
 
 # --- GitLab ----------------------------------------------------------------------------------
 
 
 def fingerprint(item: Finding) -> str:
-    """Stable across runs: what changed and where, not the wording."""
-    key = "\x1f".join([item.rule, item.task, item.parameter or "", item.beat_entry or ""])
+    """Stable across runs: which rule, about what and where, not the wording."""
+    key = "\x1f".join([item.rule, item.task or item.file or "", item.parameter or "", item.beat_entry or ""])
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def gitlab(
-    report: Report, *, prefix: str | None = None, fallback_path: str = "deploykit.manifest.json"
-) -> str:
-    """A GitLab Code Quality report (``artifacts:reports:codequality``) of unsuppressed findings."""
+def gitlab(findings: Sequence[Finding], *, prefix: str | None = None, fallback_path: str) -> str:
+    """A GitLab Code Quality report (``artifacts:reports:codequality``) of unsuppressed findings.
+
+    GitLab needs a path for every issue: ``fallback_path`` for findings without a file.
+    """
     issues = [
         {
-            "description": f"{item.rule} ({item.task}): {item.message} Hint: {item.hint} See {item.docs}",
+            "description": f"{item.rule} ({item.subject}): {item.message} Hint: {item.hint} See {item.docs}"
+            if item.subject
+            else f"{item.rule}: {item.message} Hint: {item.hint} See {item.docs}",
             "check_name": item.rule,
             "fingerprint": fingerprint(item),
             "severity": _GITLAB_SEVERITY[item.level],
-            "location": {"path": _path(item, prefix) or fallback_path, "lines": {"begin": item.line or 1}},
+            "location": {
+                "path": repo_path(item, prefix) or fallback_path,
+                "lines": {"begin": item.line or 1},
+            },
         }
-        for item in report.findings
+        for item in findings
         if not item.suppressed
     ]
     return json.dumps(issues, indent=2, ensure_ascii=False) + "\n"
@@ -207,49 +265,32 @@ def gitlab(
 # --- Markdown --------------------------------------------------------------------------------
 
 
-def _cell(value: str) -> str:
+def cell(value: str) -> str:
+    """A Markdown table cell: pipes escaped, on one line."""
     return value.replace("|", "\\|").replace("\n", " ")
 
 
-def markdown(report: Report, *, prefix: str | None = None) -> str:
-    """A GitHub-flavoured Markdown section: summary line and one table of every finding."""
-    lines = [
-        f"### deploykit {report.command}: task signatures",
-        "",
-        f"`{_cell(report.old)}` → `{_cell(report.new)}`: **{summary_line(report)}**",
-        "",
-    ]
-    for note in report.notes:
-        lines += [f"_Note: {_cell(note)}_", ""]
-    if not report.findings:
-        lines.append("No changes that affect queued or in-flight tasks.")
+def markdown(findings: Sequence[Finding], heading: Heading, *, prefix: str | None = None) -> str:
+    """A GitHub-flavoured Markdown section: title, summary, notes and one table of every finding."""
+    lines = [f"### {heading.title}", "", heading.intro or f"**{cell(heading.summary)}**", ""]
+    for note in heading.notes:
+        lines += [f"_Note: {cell(note)}_", ""]
+    if not findings:
+        lines.append(heading.empty)
         return "\n".join(lines) + "\n"
     lines += [
-        "| level | rule | task | location | what breaks | how to ship it |",
+        "| level | rule | task | location | what breaks | how to fix |",
         "|---|---|---|---|---|---|",
     ]
-    ordered = sorted(report.findings, key=lambda f: (f.suppressed, _LEVEL_ORDER[f.level], f.task))
+    ordered = sorted(findings, key=lambda f: (f.suppressed, -f.level.rank, f.task or ""))
     for item in ordered:
         level = item.level.value + (f" (suppressed: {item.suppressed_by})" if item.suppressed else "")
-        path = _path(item, prefix)
+        path = repo_path(item, prefix)
         where = f"`{path}:{item.line}`" if path and item.line else (f"`{path}`" if path else "")
+        where = where or ", ".join(item.where)
+        task = f"`{cell(item.task)}`" if item.task else ""
         lines.append(
-            f"| {_cell(level)} | [`{item.rule}`]({item.docs}) | `{_cell(item.task)}` | {_cell(where)} | "
-            f"{_cell(item.message)} | {_cell(item.hint)} |"
+            f"| {cell(level)} | [`{item.rule}`]({item.docs}) | {task} | {cell(where)} | "
+            f"{cell(item.message)} | {cell(item.hint)} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def render(report: Report, fmt: str, *, prefix: str | None = None, fallback_path: str | None = None) -> str:
-    """Any format as a string (text without colour)."""
-    if fmt == "text":
-        return text(report)
-    if fmt == "json":
-        return to_json(report)
-    if fmt == "github":
-        return github(report, prefix=prefix)
-    if fmt == "gitlab":
-        return gitlab(report, prefix=prefix, fallback_path=fallback_path or "deploykit.manifest.json")
-    if fmt == "markdown":
-        return markdown(report, prefix=prefix)
-    raise ValueError(fmt)

@@ -1,18 +1,24 @@
-"""Renderers for the scan report: text, JSON document, GitHub annotations + step summary."""
+"""Renderers for the scan report: text, JSON document, GitHub annotations + step summary.
+
+The ``WAITING_*`` findings (:func:`deploykit.scan.findings.scan_findings`) are annotated and
+tabulated by :mod:`deploykit.output.findings`, like ``check``'s and ``doctor``'s; the text keeps
+the scan's own per-group layout (ETAs, sample ids, the groups that run).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from deploykit.scan.engine import BREAKING, Group, Report, Verdict
-from deploykit.scan.findings import unchecked_data, verdict_docs, verdict_rule
+from deploykit.output import findings as common
+from deploykit.output.documents import schema_name
+from deploykit.scan.engine import Group, Report, Verdict
+from deploykit.scan.findings import scan_findings, unchecked_data, verdict_docs, verdict_rule
 
-#: Version 2: ``totals`` and ``groups[].count`` count messages only (beat entries moved to
-#: ``beat{}`` and ``groups[].beat_entries``); ``totals.breaking`` no longer includes beat entries.
-#: A reader of version 1 would misread those numbers, hence the bump (adding fields would not need one).
-SCHEMA = "deploykit.scan/2"
-GITHUB_ANNOTATIONS_PER_KIND = 10
+#: Its version, with the others, in :data:`deploykit.output.documents.SCHEMAS`.
+SCHEMA = schema_name("scan")
 
 
 def _counts(totals: Any) -> dict[str, int]:
@@ -107,16 +113,6 @@ def _size(group: Group) -> str:
     return " + ".join(parts)
 
 
-def _reasons(group: Group) -> str:
-    """Every reason of a group, each with its count when there are several."""
-    reasons = group.reasons.most_common()
-    if not reasons:
-        return ""
-    if len(reasons) == 1:
-        return reasons[0][0]
-    return "; ".join(f"{count} x {reason}" for reason, count in reasons)
-
-
 def render_text(report: Report, out: Any) -> None:
     """One block per task and verdict, the worst first, what was not checked, then the verdict."""
     if not report.groups:
@@ -162,52 +158,32 @@ def render_text(report: Report, out: Any) -> None:
     out.print(verdict_line(report), highlight=False, soft_wrap=True)
 
 
-def _escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _escape_property(text: str) -> str:
-    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
-
-
-def render_github(report: Report, write: Any) -> None:
-    """Workflow-command annotations (at most 10 per kind are shown) and the full table in
-    ``$GITHUB_STEP_SUMMARY``."""
-    shown = {"error": 0, "warning": 0}
-    for g in report.sorted_groups():
-        kind = "error" if g.verdict in BREAKING else "warning" if g.verdict is Verdict.UNDECIDABLE else None
-        if kind is None or shown[kind] >= GITHUB_ANNOTATIONS_PER_KIND:
-            continue
-        shown[kind] += 1
-        title = _escape_property(f"deploykit scan: {_size(g)} of {g.task} {g.verdict.value}")
-        message = _reasons(g) or g.verdict.value
-        docs = verdict_docs(g.verdict)
-        if docs:
-            message += f" See {docs}"
-        write(f"::{kind} title={title}::{_escape_data(message)}\n")
+def heading(report: Report) -> common.Heading:
     incomplete = report.incomplete_summary()
-    if incomplete:
-        title = _escape_property("deploykit scan: incomplete")
-        write(f"::warning title={title}::{_escape_data(incomplete)}\n")
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    intro = (
+        f"{report.scanned} waiting message(s) checked, {report.breaking_messages} would fail, be "
+        f"discarded or misbind; {report.beat_entries} beat entries checked, {report.breaking_beat} "
+        "would break."
+    )
+    return common.Heading(
+        command="scan",
+        summary=verdict_line(report),
+        title="deploykit scan: waiting messages",
+        intro=intro + (f" **Incomplete**: {common.cell(incomplete)}" if incomplete else ""),
+        notes=tuple(report.notes),
+        incomplete=incomplete,
+        empty="No waiting message would fail, be discarded, misbind or stay undecided.",
+    )
+
+
+def render_github(report: Report, write: Any, environ: Mapping[str, str] | None = None) -> None:
+    """Annotations for the ``WAITING_*`` findings (see :func:`deploykit.output.findings.github`
+    for the truncation rule), the verdict line, and the full table in ``$GITHUB_STEP_SUMMARY``."""
+    environ = os.environ if environ is None else environ
+    findings = scan_findings(report)
+    head = heading(report)
+    for line in common.github(findings, head).splitlines(keepends=True):
+        write(line)
+    summary = environ.get("GITHUB_STEP_SUMMARY")
     if summary:
-        lines = [
-            "## deploykit scan",
-            "",
-            f"{report.scanned} waiting message(s) checked, {report.breaking_messages} would fail, be "
-            f"discarded or misbind; {report.beat_entries} beat entries checked, {report.breaking_beat} "
-            "would break.",
-            "",
-            *([f"**Incomplete**: {incomplete}", ""] if incomplete else []),
-            "| task | verdict | messages | beat entries | where | why |",
-            "|---|---|---|---|---|---|",
-        ]
-        for g in report.sorted_groups():
-            why = _reasons(g).replace("|", "\\|")
-            docs = verdict_docs(g.verdict)
-            verdict = f"[{g.verdict.value}]({docs})" if docs else g.verdict.value
-            lines.append(f"| `{g.task}` | {verdict} | {g.count} | {g.beat} | {_where(g.locations)} | {why} |")
-        text = "\n".join(lines) + "\n"
-        with open(summary, "a", encoding="utf-8") as handle:
-            handle.write(text[: 1024 * 1000])
-    write(f"deploykit scan: {verdict_line(report)}\n")
+        common.write_step_summary(common.markdown(findings, head), Path(summary))

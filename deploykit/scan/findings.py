@@ -1,4 +1,4 @@
-"""The scan's verdicts as manifest-style findings, for ``deploykit check --broker``."""
+"""The scan's verdicts as findings (``WAITING_*`` rules), for ``scan`` and ``check --broker``."""
 
 from __future__ import annotations
 
@@ -77,8 +77,11 @@ def group_data(group: Group) -> dict[str, Any]:
     }
 
 
-def scan_findings(report: Report, new: Manifest) -> list[Finding]:
-    """One finding per (task, verdict) group that is not ``runs``, each reason with its count."""
+def scan_findings(report: Report, new: Manifest | None = None) -> list[Finding]:
+    """One finding per (task, verdict) group that is not ``runs``, each reason with its count.
+
+    With the new code's manifest, each finding points at its task's ``def`` line.
+    """
     findings = []
     for group in report.sorted_groups():
         if group.verdict is Verdict.RUNS:
@@ -97,7 +100,7 @@ def scan_findings(report: Report, new: Manifest) -> list[Finding]:
             message += ": " + "; ".join(f"{count} x {reason}" for reason, count in reasons)
             if other > 0:
                 message += f"; {other} x other reasons"
-        task = new.tasks.get(group.task)
+        task = new.tasks.get(group.task) if new is not None else None
         findings.append(
             finding(
                 rule_id,

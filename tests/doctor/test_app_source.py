@@ -84,7 +84,7 @@ def test_a_worker_reporting_namespaced_keys_is_no_drift() -> None:
     assert list(check_drift(Audit(broker_kind="redis", app=app, workers=(worker,)))) == []
     other = source_from_worker("w2@host", {"CELERY_TASK_TIME_LIMIT": 60})
     drift = list(check_drift(Audit(broker_kind="redis", app=app, workers=(other,))))
-    assert "task_time_limit differs: app has 600; worker w2@host: 60" in [f.title for f in drift]
+    assert "task_time_limit differs: app has 600; worker w2@host: 60" in [f.message for f in drift]
 
 
 def test_every_setting_the_checks_read_is_audited() -> None:

@@ -23,6 +23,7 @@ from deploykit.doctor.model import (
     QueueDef,
     TaskPolicy,
 )
+from deploykit.findings import canonical_rule_id
 
 NOW = datetime(2026, 11, 21, 5, 0, tzinfo=timezone.utc)
 SAFE: dict[str, Any] = {
@@ -75,7 +76,7 @@ CASES: list[tuple[str, Audit, set[str], set[str]]] = [
     (
         "acks_late without reject_on_worker_lost",
         audit(app=src(task_reject_on_worker_lost=None)),
-        {"acks-late-without-reject"},
+        {"ACKS_LATE_WITHOUT_REJECT"},
         set(),
     ),
     (
@@ -96,26 +97,26 @@ CASES: list[tuple[str, Audit, set[str], set[str]]] = [
                 task_reject_on_worker_lost=None,
             )
         ),
-        {"acks-late-without-reject"},
+        {"ACKS_LATE_WITHOUT_REJECT"},
         set(),
     ),
     (
         "acks_late with reject: the redelivery trade-off is an info",
         audit(),
         set(),
-        {"reject-on-worker-lost-redelivery"},
+        {"REJECT_ON_WORKER_LOST_REDELIVERY"},
     ),
     (
         "early acks are an info, not a failure",
         audit(app=src(task_acks_late=False, task_reject_on_worker_lost=None)),
         set(),
-        {"acks-early"},
+        {"ACKS_EARLY"},
     ),
     (
         "reject_on_worker_lost without acks_late has no effect",
         audit(app=src(task_acks_late=False)),
         set(),
-        {"reject-without-acks-late"},
+        {"REJECT_WITHOUT_ACKS_LATE"},
     ),
     (
         "visibility timeout shorter than a waiting ETA",
@@ -123,20 +124,20 @@ CASES: list[tuple[str, Audit, set[str], set[str]]] = [
             app=src(broker_transport_options={"visibility_timeout": 60, "confirm_publish": True}),
             etas=eta(600),
         ),
-        {"visibility-timeout-below-eta", "visibility-timeout-below-time-limit"},
+        {"VISIBILITY_TIMEOUT_BELOW_ETA", "VISIBILITY_TIMEOUT_BELOW_TIME_LIMIT"},
         set(),
     ),
     ("visibility timeout longer than the ETA", audit(etas=eta(600)), set(), set()),
     (
         "default visibility timeout (1 h) below a 2 h countdown",
         audit(app=src(broker_transport_options={}), etas=eta(7200)),
-        {"visibility-timeout-below-eta"},
+        {"VISIBILITY_TIMEOUT_BELOW_ETA"},
         set(),
     ),
     (
         "SQS default visibility timeout (30 min) below the time limit",
         audit("sqs", app=src(broker_transport_options={}, task_time_limit=3600)),
-        {"visibility-timeout-below-time-limit"},
+        {"VISIBILITY_TIMEOUT_BELOW_TIME_LIMIT"},
         set(),
     ),
     (
@@ -152,7 +153,7 @@ CASES: list[tuple[str, Audit, set[str], set[str]]] = [
     (
         "consumer_timeout shorter than an ETA held by a worker",
         audit("rabbitmq", consumer_timeout=1800.0, etas=eta(7200)),
-        {"consumer-timeout-below-eta"},
+        {"CONSUMER_TIMEOUT_BELOW_ETA"},
         set(),
     ),
     (
@@ -177,19 +178,19 @@ CASES: list[tuple[str, Audit, set[str], set[str]]] = [
             ),
         ),
         # the policy's 60 s is also shorter than the 300 s acks_late time limit
-        {"consumer-timeout-below-eta", "consumer-timeout-below-time-limit"},
+        {"CONSUMER_TIMEOUT_BELOW_ETA", "CONSUMER_TIMEOUT_BELOW_TIME_LIMIT"},
         set(),
     ),
     (
         "acks_late task longer than consumer_timeout",
         audit("rabbitmq", consumer_timeout=1800.0, app=src(task_time_limit=7200)),
-        {"consumer-timeout-below-time-limit"},
+        {"CONSUMER_TIMEOUT_BELOW_TIME_LIMIT"},
         set(),
     ),
     (
         "quorum queue on a direct exchange: no native delayed delivery",
         audit("rabbitmq", queue_defs=(QueueDef("celery", "celery", "direct", "quorum", "app"),)),
-        {"delayed-delivery-direct-exchange"},
+        {"DELAYED_DELIVERY_DIRECT_EXCHANGE"},
         set(),
     ),
     (
@@ -198,23 +199,23 @@ CASES: list[tuple[str, Audit, set[str], set[str]]] = [
         set(),
         set(),
     ),
-    ("pickle accepted", audit(app=src(accept_content=["json", "pickle"])), {"pickle-accepted"}, set()),
+    ("pickle accepted", audit(app=src(accept_content=["json", "pickle"])), {"PICKLE_ACCEPTED"}, set()),
     (
         "pickle as the result serializer",
         audit(app=src(result_serializer="pickle")),
-        {"pickle-accepted"},
+        {"PICKLE_ACCEPTED"},
         set(),
     ),
     (
         "pickle in a worker's conf reply (a set, repr'd)",
         audit(app=None, workers=(src("worker w1@h", accept_content="{'pickle', 'json'}"),)),
-        {"pickle-accepted"},
+        {"PICKLE_ACCEPTED"},
         set(),
     ),
     (
         "prefetch 4 with 10-minute tasks",
         audit(app=src(worker_prefetch_multiplier=4, task_time_limit=600)),
-        {"prefetch-with-long-tasks"},
+        {"PREFETCH_WITH_LONG_TASKS"},
         set(),
     ),
     (
@@ -232,7 +233,7 @@ CASES: list[tuple[str, Audit, set[str], set[str]]] = [
     (
         "many ETA tasks without worker_eta_task_limit",
         audit(app=src(worker_eta_task_limit=None), etas=eta(60, n=150)),
-        {"no-eta-task-limit"},
+        {"NO_ETA_TASK_LIMIT"},
         set(),
     ),
     (
@@ -244,13 +245,13 @@ CASES: list[tuple[str, Audit, set[str], set[str]]] = [
     (
         "ETA tasks on Redis without soft shutdown",
         audit(app=src(worker_soft_shutdown_timeout=0.0), etas=eta(60)),
-        {"soft-shutdown-off-with-eta"},
+        {"SOFT_SHUTDOWN_OFF_WITH_ETA"},
         set(),
     ),
     (
         "soft shutdown without on_idle",
         audit(app=src(worker_enable_soft_shutdown_on_idle=False), etas=eta(60)),
-        {"soft-shutdown-off-with-eta"},
+        {"SOFT_SHUTDOWN_OFF_WITH_ETA"},
         set(),
     ),
     (
@@ -262,7 +263,7 @@ CASES: list[tuple[str, Audit, set[str], set[str]]] = [
     (
         "no time limits",
         audit(app=src(task_time_limit=None, task_soft_time_limit=None)),
-        {"no-time-limit"},
+        {"NO_TIME_LIMIT"},
         set(),
     ),
     (
@@ -280,11 +281,11 @@ CASES: list[tuple[str, Audit, set[str], set[str]]] = [
         set(),
         set(),
     ),
-    ("rpc result backend", audit(app=src(result_backend="rpc://")), {"rpc-result-backend"}, set()),
+    ("rpc result backend", audit(app=src(result_backend="rpc://")), {"RPC_RESULT_BACKEND"}, set()),
     (
         "confirm_publish off on RabbitMQ",
         audit("rabbitmq", app=src(broker_transport_options={})),
-        {"confirm-publish-off"},
+        {"CONFIRM_PUBLISH_OFF"},
         set(),
     ),
     (
@@ -296,13 +297,13 @@ CASES: list[tuple[str, Audit, set[str], set[str]]] = [
     (
         "a worker runs with different settings than the code",
         audit(workers=(src("worker w1@h"), src("worker w2@h", task_acks_late=False))),
-        {"setting-drift"},
+        {"SETTING_DRIFT"},
         set(),
     ),
     (
         "two workers disagree (no app)",
         audit(app=None, workers=(src("worker w1@h"), src("worker w2@h", worker_prefetch_multiplier=8))),
-        {"setting-drift", "prefetch-with-long-tasks"},
+        {"SETTING_DRIFT", "PREFETCH_WITH_LONG_TASKS"},
         set(),
     ),
     (
@@ -321,45 +322,45 @@ CASES: list[tuple[str, Audit, set[str], set[str]]] = [
     (
         "supervisor default stopwaitsecs (10 s) with 5-minute tasks",
         audit(process_managers=(pm(stop_timeout=10.0, stop_timeout_default=True),)),
-        {"stop-timeout-below-task-time"},
+        {"STOP_TIMEOUT_BELOW_TASK_TIME"},
         set(),
     ),
     ("a long enough stop timeout", audit(process_managers=(pm(stop_timeout=600.0),)), set(), set()),
     (
         "stopasgroup",
         audit(process_managers=(pm(signals_group=True, group_setting="stopasgroup=true"),)),
-        {"process-group-signal"},
+        {"PROCESS_GROUP_SIGNAL"},
         set(),
     ),
     (
         "SIGKILL as the stop signal",
         audit(process_managers=(pm(stop_signal="KILL"),)),
-        {"sigkill-stop-signal"},
+        {"SIGKILL_STOP_SIGNAL"},
         set(),
     ),
     (
         "SIGQUIT: a cold shutdown",
         audit(process_managers=(pm(stop_signal="QUIT"),)),
-        {"cold-stop-signal"},
+        {"COLD_STOP_SIGNAL"},
         set(),
     ),
     (
         "REMAP_SIGTERM=SIGQUIT",
         audit(process_managers=(pm(remap_sigterm="SIGQUIT"),)),
-        {"cold-stop-signal"},
+        {"COLD_STOP_SIGNAL"},
         set(),
     ),
     (
         "a shell that swallows SIGTERM",
         audit(process_managers=(pm(kind="kubernetes", shell_wrapped=True),)),
-        {"shell-wrapped-worker"},
+        {"SHELL_WRAPPED_WORKER"},
         set(),
     ),
 ]
 
 
 def _ids(found: list[Any], *, info: set[str]) -> set[str]:
-    return {f.id for f in found if f.level is not Level.INFO or f.id in info}
+    return {f.rule for f in found if f.level is not Level.INFO or f.rule in info}
 
 
 @pytest.mark.parametrize(("audit_", "expected", "info"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -367,8 +368,10 @@ def test_check_table(audit_: Audit, expected: set[str], info: set[str]) -> None:
     found = run_checks(audit_)
     assert _ids(found, info=info) == expected | info
     for finding in found:
-        assert finding.docs == f"https://deploykit.readthedocs.io/en/stable/rules/{finding.id}/"
-        assert finding.why and finding.fix and finding.title
+        assert finding.rule == canonical_rule_id(finding.rule)  # UPPER_SNAKE, like the manifest rules
+        slug = finding.rule.lower().replace("_", "-")
+        assert finding.docs == f"https://deploykit.readthedocs.io/en/stable/rules/{slug}/"
+        assert finding.why and finding.hint and finding.message
 
 
 def test_identical_findings_from_many_workers_merge_into_one() -> None:
@@ -376,7 +379,7 @@ def test_identical_findings_from_many_workers_merge_into_one() -> None:
     found = run_checks(
         audit(app=src(**risky), workers=tuple(src(f"worker w{i}@h", **risky) for i in range(5)))
     )
-    lost = [f for f in found if f.id == "acks-late-without-reject"]
+    lost = [f for f in found if f.rule == "ACKS_LATE_WITHOUT_REJECT"]
     assert len(lost) == 1
     assert lost[0].where == ("app", *(f"worker w{i}@h" for i in range(5)))
 
@@ -385,8 +388,8 @@ def test_drift_names_the_setting_and_both_values() -> None:
     found = run_checks(
         audit(workers=(src("worker w2@h", task_acks_late=False, task_reject_on_worker_lost=None),))
     )
-    drift = [f for f in found if f.id == "setting-drift"]
-    assert any("task_acks_late" in f.title and "False" in f.title for f in drift)
+    drift = [f for f in found if f.rule == "SETTING_DRIFT"]
+    assert any("task_acks_late" in f.message and "False" in f.message for f in drift)
     assert all(f.where == ("worker w2@h",) for f in drift)
 
 

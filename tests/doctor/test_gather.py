@@ -86,5 +86,5 @@ def test_gather_from_workers_and_broker() -> None:
     (wait,) = audit.etas
     # Held from its delivery 10 minutes ago until due in 2 hours.
     assert wait.id == "t1" and wait.worker == "w1@h" and wait.held_for == 7800.0
-    ids = {f.id for f in run_checks(audit)}
-    assert {"visibility-timeout-below-eta", "acks-late-without-reject"} <= ids
+    ids = {f.rule for f in run_checks(audit)}
+    assert {"VISIBILITY_TIMEOUT_BELOW_ETA", "ACKS_LATE_WITHOUT_REJECT"} <= ids

@@ -151,17 +151,19 @@ def test_findings_from_files(tmp_path: Path) -> None:
     found = run_checks(Audit(broker_kind=None, app=app, process_managers=tuple(entries)))
     by_id: dict[str, list[str]] = {}
     for f in found:
-        by_id.setdefault(f.id, []).extend(f.where)
-    assert any("celery-default" in w for w in by_id["stop-timeout-below-task-time"])
-    assert any("celery.service" in w for w in by_id["stop-timeout-below-task-time"])
-    assert any("Deployment/workers" in w for w in by_id["stop-timeout-below-task-time"])
-    assert not any("celery-long" in w for w in by_id["stop-timeout-below-task-time"])
-    assert any("celery-default" in w for w in by_id["process-group-signal"])
-    assert any("celery.service" in w for w in by_id["process-group-signal"])
-    assert any("celery-long" in w for w in by_id["sigkill-stop-signal"])
-    assert any("celery.service" in w for w in by_id["cold-stop-signal"])
-    assert any("Deployment/workers" in w for w in by_id["shell-wrapped-worker"])
-    stop = next(f for f in found if f.id == "stop-timeout-below-task-time" and "celery-default" in f.where[0])
+        by_id.setdefault(f.rule, []).extend(f.where)
+    assert any("celery-default" in w for w in by_id["STOP_TIMEOUT_BELOW_TASK_TIME"])
+    assert any("celery.service" in w for w in by_id["STOP_TIMEOUT_BELOW_TASK_TIME"])
+    assert any("Deployment/workers" in w for w in by_id["STOP_TIMEOUT_BELOW_TASK_TIME"])
+    assert not any("celery-long" in w for w in by_id["STOP_TIMEOUT_BELOW_TASK_TIME"])
+    assert any("celery-default" in w for w in by_id["PROCESS_GROUP_SIGNAL"])
+    assert any("celery.service" in w for w in by_id["PROCESS_GROUP_SIGNAL"])
+    assert any("celery-long" in w for w in by_id["SIGKILL_STOP_SIGNAL"])
+    assert any("celery.service" in w for w in by_id["COLD_STOP_SIGNAL"])
+    assert any("Deployment/workers" in w for w in by_id["SHELL_WRAPPED_WORKER"])
+    stop = next(
+        f for f in found if f.rule == "STOP_TIMEOUT_BELOW_TASK_TIME" and "celery-default" in f.where[0]
+    )
     assert stop.file and stop.file.endswith("celery.conf") and stop.line == 7
     assert notes == []
 

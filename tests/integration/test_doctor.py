@@ -41,8 +41,8 @@ def app_env(broker_url: str, settings: dict[str, Any]) -> dict[str, str]:
 
 def findings(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, Any]]:
     doc = json.loads(result.stdout)
-    assert doc["schema"] == "deploykit.doctor/1"
-    return {f["id"]: f for f in doc["findings"]}
+    assert doc["schema"] == "deploykit.doctor/2"
+    return {f["rule"]: f for f in doc["findings"]}
 
 
 def test_risky_config_is_flagged_with_exit_1(redis_url: str, start_workers: Any, tmp_path: Path) -> None:
@@ -60,35 +60,35 @@ def test_risky_config_is_flagged_with_exit_1(redis_url: str, start_workers: Any,
     assert result.returncode == 1, result.stderr
     found = findings(result)
     # What a user must hear: killed workers lose acks_late tasks; the ETA will run twice.
-    assert found["acks-late-without-reject"]["level"] == "error"
-    assert found["acks-late-without-reject"]["where"] == ["app", "worker risky@dk"]
+    assert found["ACKS_LATE_WITHOUT_REJECT"]["level"] == "error"
+    assert found["ACKS_LATE_WITHOUT_REJECT"]["where"] == ["app", "worker risky@dk"]
     assert (
-        found["acks-late-without-reject"]["docs"]
+        found["ACKS_LATE_WITHOUT_REJECT"]["docs"]
         == "https://deploykit.readthedocs.io/en/stable/rules/acks-late-without-reject/"
     )
-    vt = found["visibility-timeout-below-eta"]
+    vt = found["VISIBILITY_TIMEOUT_BELOW_ETA"]
     assert vt["level"] == "error" and "worker risky@dk" in vt["where"] and "risky@dk" in vt["why"]
-    assert found["process-group-signal"]["file"] == str(conf) and found["process-group-signal"]["line"] == 1
-    assert "soft-shutdown-off-with-eta" in found and "no-time-limit" in found
-    assert "setting-drift" not in found
+    assert found["PROCESS_GROUP_SIGNAL"]["file"] == str(conf) and found["PROCESS_GROUP_SIGNAL"]["line"] == 1
+    assert "SOFT_SHUTDOWN_OFF_WITH_ETA" in found and "NO_TIME_LIMIT" in found
+    assert "SETTING_DRIFT" not in found
 
     # The code now says reject_on_worker_lost, the running worker does not: drift, and the worker
     # is still flagged on its own. Text output names the fix and the docs anchor.
     fixed_code = app_env(redis_url, {**RISKY, "task_reject_on_worker_lost": True})
     text = deploykit("doctor", "-A", APP, "--format", "text", env=fixed_code)
     assert text.returncode == 1
-    assert "setting-drift" in text.stdout and "task_reject_on_worker_lost differs" in text.stdout
+    assert "SETTING_DRIFT" in text.stdout and "task_reject_on_worker_lost differs" in text.stdout
     assert "https://deploykit.readthedocs.io/en/stable/rules/acks-late-without-reject/" in text.stdout
 
     # Without -A the workers' own settings are audited; --fail-on never always exits 0.
     bare = deploykit("doctor", "-b", redis_url, "--json", "--fail-on", "never", env={})
     assert bare.returncode == 0, bare.stderr
-    assert findings(bare)["acks-late-without-reject"]["where"] == ["worker risky@dk"]
+    assert findings(bare)["ACKS_LATE_WITHOUT_REJECT"]["where"] == ["worker risky@dk"]
 
     github = deploykit("doctor", "-A", APP, "--format", "github", env=env)
     assert github.returncode == 1
     assert any(
-        line.startswith("::error ") and "acks-late-without-reject" in line
+        line.startswith("::error ") and "ACKS_LATE_WITHOUT_REJECT" in line
         for line in github.stdout.splitlines()
     )
 
@@ -141,12 +141,12 @@ def test_rabbitmq_quorum_on_direct_exchange_and_held_eta(rabbitmq_url: str, star
     result = deploykit("doctor", "-A", APP, "--json", env=env)
     assert result.returncode == 1, result.stdout + result.stderr
     found = findings(result)
-    direct = found["delayed-delivery-direct-exchange"]
+    direct = found["DELAYED_DELIVERY_DIRECT_EXCHANGE"]
     assert "celery" in direct["why"] and "worker qq@dk" in direct["where"]
     # RabbitMQ's default 30-minute consumer_timeout closes the channel long before a 2 h ETA.
-    held = found["consumer-timeout-below-eta"]
+    held = found["CONSUMER_TIMEOUT_BELOW_ETA"]
     assert held["level"] == "error" and held["where"] == ["queue celery"] and "qq@dk" in held["why"]
-    assert "confirm-publish-off" in found
+    assert "CONFIRM_PUBLISH_OFF" in found
     assert not any("policies not read" in note for note in json.loads(result.stdout)["notes"])
 
 
@@ -163,7 +163,7 @@ def test_eta_task_waiting_in_a_queue_no_worker_took_is_audited(redis_url: str) -
     result = deploykit("doctor", "-A", APP, "--json", env=env)
     assert result.returncode == 1, result.stdout + result.stderr
     found = findings(result)
-    vt = found["visibility-timeout-below-eta"]
+    vt = found["VISIBILITY_TIMEOUT_BELOW_ETA"]
     assert vt["level"] == "error" and vt["where"] == ["app"]
-    assert "shorter than the longest ETA waiting" in vt["title"]
-    assert "soft-shutdown-off-with-eta" in found
+    assert "shorter than the longest ETA waiting" in vt["message"]
+    assert "SOFT_SHUTDOWN_OFF_WITH_ETA" in found

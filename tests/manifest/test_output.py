@@ -7,7 +7,7 @@ from pathlib import Path
 
 from deploykit.manifest.check import Report
 from deploykit.manifest.rules import Finding, Level
-from deploykit.output import findings as out
+from deploykit.output import check as out
 
 
 def _report(*items: Finding, fail_on: str = "error") -> Report:
@@ -110,3 +110,26 @@ def test_every_format_links_the_rule_page(monkeypatch) -> None:
     assert set(issue) == {"description", "check_name", "fingerprint", "severity", "location"}
     assert issue["description"].endswith(f"See {page}") and issue["check_name"] == "PARAM_REMOVED"
     assert f"| [`PARAM_REMOVED`]({page}) |" in out.markdown(report)
+
+
+def test_github_annotations_follow_the_one_truncation_rule() -> None:
+    """At most 10 per kind (GitHub shows no more per step), errors first, then one line saying how
+    many were left out; the incomplete warning is never the one dropped."""
+    import dataclasses
+
+    errors = tuple(dataclasses.replace(TRICKY, task=f"t{i}") for i in range(12))
+    warnings = tuple(Finding("ROUTE_CHANGED", Level.WARNING, f"w{i}", "m", "h") for i in range(10))
+    report = dataclasses.replace(
+        _report(*errors, *warnings), command="check", incomplete="3 of 4 waiting message(s) not checked"
+    )
+    lines = out.github(report).splitlines()
+    kinds = [line.split(" ", 1)[0] for line in lines if line.startswith("::")]
+    assert kinds == ["::error"] * 10 + ["::warning"] * 10
+    assert lines[10].startswith("::warning title=deploykit check%3A incomplete::3 of 4")
+    assert lines[-2] == (
+        "deploykit check: 3 more finding(s) not annotated (GitHub shows 10 per kind per step); "
+        "every finding is in the step summary and in --json"
+    )
+    assert lines[-1].startswith("deploykit check: 12 errors, 10 warnings")
+    # The step summary lists every one of them.
+    assert out.markdown(report).count("\n| ") == 1 + 22

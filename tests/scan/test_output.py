@@ -83,19 +83,41 @@ def test_json_document():
 
 
 def test_github_annotations_and_summary(tmp_path, monkeypatch):
+    """The WAITING_* findings, annotated and tabulated by the renderer check and doctor use."""
     summary = tmp_path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     lines: list[str] = []
     out.render_github(report(), lines.append)
     assert lines[0].startswith(
-        "::error title=deploykit scan%3A 12 message(s) of t.notify fails::TypeError: notify()"
+        "::error title=WAITING_FAILS (t.notify)::12 waiting message(s) would fail (in queue:celery (12)): "
+        "TypeError: notify()"
     )
-    assert lines[1].startswith("::warning title=deploykit scan%3A 1 message(s) of t.notify undecidable::")
+    assert lines[1].startswith("::warning title=WAITING_UNDECIDABLE (t.notify)::1 waiting message(s)")
     assert lines[-1].startswith("deploykit scan: UNSAFE  13 message(s) checked")
+    assert all(line.endswith("\n") for line in lines)
     text = summary.read_text()
     fails = "https://deploykit.readthedocs.io/en/stable/rules/waiting-fails/"
-    assert f"| `t.notify` | [fails]({fails}) | 12 | 0 | queue:celery x12 |" in text
+    assert text.startswith("### deploykit scan: waiting messages\n")
+    assert f"| error | [`WAITING_FAILS`]({fails}) | `t.notify` |  | 12 waiting message(s) would fail" in text
     assert lines[0].rstrip().endswith(f"See {fails}")
+
+
+def test_github_annotations_are_capped_per_kind(tmp_path, monkeypatch):
+    """One truncation rule for every command: 10 per kind, the rest counted once."""
+    items = [
+        Item(
+            "queue:celery",
+            StoredHeaders(id=f"g{i}"),
+            10,
+            DecodedMessage(f"g{i}", f"t.gone{i}", (TaskCall(f"t.gone{i}", (), {}),), None),
+        )
+        for i in range(13)
+    ]
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    lines: list[str] = []
+    out.render_github(scan(items, Judge(task_specs(NEW)), Report(NOW, oversize=1000)), lines.append)
+    assert sum(line.startswith("::error title=WAITING_DISCARDED") for line in lines) == 10
+    assert lines[-2].startswith("deploykit scan: 3 more finding(s) not annotated")
 
 
 def test_every_breaking_or_undecidable_group_links_its_rule_page(monkeypatch):

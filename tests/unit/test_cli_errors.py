@@ -236,8 +236,8 @@ def test_doctor_with_an_unreachable_broker_audits_the_app_says_what_it_skipped_a
     )
     assert line.endswith("audited the app and the files only")
     doc, offline_doc = json.loads(live.stdout), json.loads(offline.stdout)
-    assert [f["id"] for f in doc["findings"]] == [f["id"] for f in offline_doc["findings"]]
-    assert "no-time-limit" in {f["id"] for f in doc["findings"]}
+    assert [f["rule"] for f in doc["findings"]] == [f["rule"] for f in offline_doc["findings"]]
+    assert "NO_TIME_LIMIT" in {f["rule"] for f in doc["findings"]}
     assert any(note.startswith("live part skipped: ") for note in doc["notes"])
     assert SECRET not in live.stdout + live.stderr
     assert "Traceback" not in live.stderr

@@ -7,13 +7,19 @@ from pathlib import Path
 import pytest
 
 from deploykit.docs import DEFAULT_DOCS_URL, docs_base, rule_url
-from deploykit.doctor.model import Finding, Level
+from deploykit.doctor.model import Level
+from deploykit.doctor.model import finding as finding_of
 from deploykit.errors import UsageError
 
 
 @pytest.mark.parametrize(
     ("rule_id", "url"),
     [
+        (
+            "ACKS_LATE_WITHOUT_REJECT",
+            "https://deploykit.readthedocs.io/en/stable/rules/acks-late-without-reject/",
+        ),
+        # doctor's former kebab-case ID names the same page: links published before stay valid.
         (
             "acks-late-without-reject",
             "https://deploykit.readthedocs.io/en/stable/rules/acks-late-without-reject/",
@@ -46,7 +52,7 @@ def test_a_relative_or_malformed_base_is_a_usage_error(value: str) -> None:
 
 
 def test_doctor_findings_link_to_the_absolute_page(monkeypatch: pytest.MonkeyPatch) -> None:
-    finding = Finding("visibility-timeout-below-eta", Level.ERROR, "t", "why", "fix")
+    finding = finding_of("VISIBILITY_TIMEOUT_BELOW_ETA", Level.ERROR, "title", "why", "fix")
     monkeypatch.delenv("DEPLOYKIT_DOCS_URL", raising=False)
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # this repository: no docs_url configured
     assert finding.docs == "https://deploykit.readthedocs.io/en/stable/rules/visibility-timeout-below-eta/"

@@ -48,10 +48,10 @@ def test_doctor_reads_the_audited_settings_after_django_setup(djshop: Path) -> N
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     document = json.loads(result.stdout)
-    ids = {finding["id"] for finding in document["findings"]}
+    ids = {finding["rule"] for finding in document["findings"]}
     # CELERY_TASK_ACKS_LATE is read through the CELERY namespace (without reject_on_worker_lost).
-    assert "acks-late-without-reject" in ids
-    assert "no-time-limit" not in ids  # CELERY_TASK_TIME_LIMIT = 300 was read too
+    assert "ACKS_LATE_WITHOUT_REJECT" in ids
+    assert "NO_TIME_LIMIT" not in ids  # CELERY_TASK_TIME_LIMIT = 300 was read too
     assert result.stderr.strip().splitlines() == [HANDLER_WARNING]
 
 
