@@ -203,21 +203,15 @@ def _with_broker_scan(
     peek_limit: int,
     force: bool,
 ) -> Report:
-    """Add the waiting messages' verdicts (``deploykit scan``) to the check report as findings.
-
-    A beat entry is reported once: the app's ``beat_schedule`` entries are judged by the manifest
-    rules (``BEAT_ARGS_UNBOUND``, ``BEAT_TASK_MISSING``, with the entry's name and the task's
-    line), so the scan leaves them out; ``WAITING_*`` findings count the waiting messages and the
-    django-celery-beat rows that are not copies of ``beat_schedule`` entries.
-    """
-    import dataclasses
-
+    """``check --broker``: scan the waiting messages against the live code (``deploykit scan``,
+    without the app's ``beat_schedule``, which the manifest rules judge) and add the verdicts to
+    ``report`` (:func:`deploykit.manifest.check.with_waiting`)."""
     from deploykit.cli.scan import scan_broker
+    from deploykit.manifest.check import with_waiting
     from deploykit.manifest.collect import collect_app
-    from deploykit.scan.findings import scan_findings, unchecked_data
 
     new = collect_app(user_app, Path.cwd())
-    scanned, described = scan_broker(
+    scanned, compared = scan_broker(
         flags,
         against=None,
         old_manifest=manifest,
@@ -231,16 +225,7 @@ def _with_broker_scan(
         new_manifest=new,
         beat_schedule=False,
     )
-    # django-celery-beat rows checked, if any, are in the scan's own notes.
-    checked = f"broker {described['broker']}: {scanned.scanned} waiting message(s) checked"
-    notes = (*report.notes, checked, *scanned.notes)
-    return dataclasses.replace(
-        report,
-        findings=(*report.findings, *scan_findings(scanned, new)),
-        notes=notes,
-        incomplete=scanned.incomplete_summary(),
-        unchecked=unchecked_data(scanned) if scanned.incomplete else None,
-    )
+    return with_waiting(report, scanned, new, broker=compared.broker)
 
 
 # --- commands --------------------------------------------------------------------------------

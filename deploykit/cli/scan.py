@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -58,6 +58,15 @@ def pick_format(format_: str | None, json_: bool) -> str:
     return format_
 
 
+@dataclass(frozen=True)
+class Compared:
+    """What a scan compared, as its documents and notes name it."""
+
+    new: str
+    old: str | None
+    broker: str | None
+
+
 def scan_broker(
     flags: CliFlags,
     *,
@@ -72,17 +81,17 @@ def scan_broker(
     oversize: int,
     new_manifest: Manifest | None = None,
     beat_schedule: bool = True,
-) -> tuple[Report, dict[str, str | None]]:
-    """Resolve everything and run the scan; returns the report and its description.
+) -> tuple[Report, Compared]:
+    """Open the broker (and the fleet), run :func:`deploykit.scan.run.scan_waiting`; returns the
+    report and what it compared, for the renderers.
 
     Shared by ``deploykit scan`` and ``deploykit check --broker`` (which judges the app's
     ``beat_schedule`` with its manifest rules: ``beat_schedule=False``).
     """
     from deploykit.cli.common import open_session
-    from deploykit.inspection import app_queue_names, discover
     from deploykit.manifest.collect import snapshot
     from deploykit.manifest.model import read
-    from deploykit.scan.run import PeekOptions, run_scan
+    from deploykit.scan.run import PeekOptions, scan_waiting
 
     if peek_limit < 1:
         raise UsageError("--peek-limit must be at least 1")
@@ -96,49 +105,31 @@ def scan_broker(
                     "say what the new code is: -A/--app MODULE (the live app) or --against MANIFEST"
                 )
             new = snapshot(None, app=session.app)
-        names = list(queues or ())
-        if not names:
-            known = set(session.broker.known_queues())
-            known.update(t.queue for t in new.tasks.values() if t.queue)
-            known.update(app_queue_names(session.app))
-            names = sorted(known)
-            if peek:
-                # Native delayed delivery keeps ETA tasks in celery_delayed_* (Celery 5.5+,
-                # celery/app/base.py send_task, celery/worker/consumer/delayed_delivery.py).
-                delayed = session.broker.queue_stats([]).delayed
-                if delayed is not None and delayed.messages:
-                    names += sorted(delayed.queues)
-        nodes: list[str] = []
-        if session.fleet is not None:
-            nodes = list(discover(session.fleet, session.broker, session.control_exchange).nodes)
 
         def progress(count: int, elapsed: float) -> None:
             rate = count / elapsed if elapsed else 0.0
             sys.stderr.write(f"deploykit: scanned {count} messages ({rate:,.0f}/s)\n")
 
-        report = run_scan(
-            broker=session.broker,
+        report = scan_waiting(
+            session.broker,
             new=new,
             old=old,
-            now=datetime.now(timezone.utc),
-            queues=names,
-            fleet=session.fleet,
-            workers=nodes,
             app=session.app,
+            queues=queues or (),
+            fleet=session.fleet,
+            control_exchange=session.control_exchange,
             include_beat=beat,
             beat_schedule=beat_schedule,
             peek=PeekOptions(peek_limit, force) if peek else None,
             oversize=oversize,
             progress=progress,
         )
-        described = {
-            "new": f"manifest {against}" if against is not None else f"app {session.settings.app}",
-            "old": str(old_manifest) if old_manifest is not None else None,
-            "broker": session.settings.masked_broker_url,
-        }
-    if old is None:
-        report.notes.append("no old manifest given (--manifest): reordered parameters cannot be detected")
-    return report, described
+        compared = Compared(
+            new=f"manifest {against}" if against is not None else f"app {session.settings.app}",
+            old=str(old_manifest) if old_manifest is not None else None,
+            broker=session.settings.masked_broker_url,
+        )
+    return report, compared
 
 
 @app.command()
@@ -202,7 +193,7 @@ def scan(
         fmt = pick_format(format_, json_)
         size = parse_size(oversize)
         flags = merged_flags(ctx, app_, broker, management_url, timeout)
-        report, described = scan_broker(
+        report, compared = scan_broker(
             flags,
             against=against,
             old_manifest=manifest,
@@ -214,7 +205,7 @@ def scan(
             force=force,
             oversize=size,
         )
-        render_scan(report, described, fmt)
+        render_scan(report, compared, fmt)
         raise typer.Exit(int(scan_exit_code(report)))
 
 
@@ -225,13 +216,11 @@ def scan_exit_code(report: Report) -> ExitCode:
     return ExitCode.INCOMPLETE if report.incomplete else ExitCode.OK
 
 
-def render_scan(report: Any, described: dict[str, Any], fmt: str) -> None:
+def render_scan(report: Report, compared: Compared, fmt: str) -> None:
     from deploykit.output import scan as out
 
     if fmt == "json":
-        emit_json(
-            out.document(report, new=described["new"], old=described["old"], broker=described["broker"])
-        )
+        emit_json(out.document(report, new=compared.new, old=compared.old, broker=compared.broker))
     elif fmt == "github":
         out.render_github(report, sys.stdout.write)
     else:

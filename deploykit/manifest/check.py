@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deploykit.findings import FAIL_ON as FAIL_ON
 from deploykit.findings import Finding, counts, failing
@@ -20,6 +20,9 @@ from deploykit.manifest.diff import diff
 from deploykit.manifest.suppress import IgnoreEntry, apply_suppressions
 from deploykit.output.documents import schema_name
 from deploykit.output.humanize import listed
+
+if TYPE_CHECKING:
+    from deploykit.scan.engine import Report as ScanReport
 
 #: Its version, with the others, in :data:`deploykit.output.documents.SCHEMAS`.
 REPORT_SCHEMA = schema_name("findings")
@@ -158,6 +161,31 @@ def check_code(
         new_label=f"code ({app_spec})" if app_spec else "code",
         ignore=ignore,
         fail_on=fail_on,
+    )
+
+
+def with_waiting(report: Report, scanned: ScanReport, new: model.Manifest, *, broker: str | None) -> Report:
+    """``check --broker``: ``report`` with the waiting messages' verdicts (``scanned``, judged
+    against ``new``) as ``WAITING_*`` findings, what the scan read in the notes, and what it could
+    not read as :attr:`Report.incomplete` and :attr:`Report.unchecked`.
+
+    A beat entry is reported once: the app's ``beat_schedule`` entries are judged by the manifest
+    rules (``BEAT_ARGS_UNBOUND``, ``BEAT_TASK_MISSING``, with the entry's name and the task's
+    line), so the scan leaves them out; ``WAITING_*`` findings count the waiting messages and the
+    django-celery-beat rows that are not copies of ``beat_schedule`` entries.
+    """
+    import dataclasses
+
+    from deploykit.scan.findings import scan_findings, unchecked_data
+
+    # django-celery-beat rows checked, if any, are in the scan's own notes.
+    checked = f"broker {broker}: {scanned.scanned} waiting message(s) checked"
+    return dataclasses.replace(
+        report,
+        findings=(*report.findings, *scan_findings(scanned, new)),
+        notes=(*report.notes, checked, *scanned.notes),
+        incomplete=scanned.incomplete_summary(),
+        unchecked=unchecked_data(scanned) if scanned.incomplete else None,
     )
 
 

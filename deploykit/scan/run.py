@@ -14,12 +14,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from queue import Full, Queue
 from typing import Any
 
 from deploykit.brokers.base import Broker, ReadRefusal, ReadRefused, StoredPage
 from deploykit.fleet.base import Fleet
+from deploykit.inspection import app_queue_names, discover
 from deploykit.manifest.builtins import builtin_tasks
 from deploykit.manifest.diff import parameter_renames
 from deploykit.manifest.model import BeatEntry, Manifest, Task
@@ -258,6 +259,68 @@ def run_scan(
         elif beat_schedule:
             scan(manifest_beat_items(new.beat), judge, report)
     report.notes[:0] = _queue_notes(readable, peeked_queues, peek_effects, nothing_waits)
+    return report
+
+
+def queues_to_scan(
+    broker: Broker, new: Manifest, app: Any = None, *, given: Sequence[str] = (), peek: bool = False
+) -> list[str]:
+    """The queues a scan reads: ``given`` if any, else every queue the broker knows, the new
+    code's tasks route to or the app defines, sorted; with ``peek``, then RabbitMQ's native
+    delayed-delivery queues when they hold messages (``celery_delayed_*``, Celery 5.5+:
+    celery/app/base.py ``send_task``, celery/worker/consumer/delayed_delivery.py)."""
+    if given:
+        return list(given)
+    known = set(broker.known_queues())
+    known.update(t.queue for t in new.tasks.values() if t.queue)
+    known.update(app_queue_names(app))
+    names = sorted(known)
+    if peek:
+        delayed = broker.queue_stats([]).delayed
+        if delayed is not None and delayed.messages:
+            names += sorted(delayed.queues)
+    return names
+
+
+def scan_waiting(
+    broker: Broker,
+    *,
+    new: Manifest,
+    old: Manifest | None,
+    app: Any = None,
+    queues: Sequence[str] = (),
+    fleet: Fleet | None = None,
+    control_exchange: str = "celery",
+    include_beat: bool = True,
+    beat_schedule: bool = True,
+    peek: PeekOptions | None = None,
+    oversize: int = 1024 * 1024,
+    progress: Progress | None = None,
+) -> Report:
+    """``deploykit scan`` and ``check --broker``: :func:`run_scan` over :func:`queues_to_scan`
+    and, with a ``fleet``, the workers online; without ``old``, a note that misbinding (reordered
+    parameters) cannot be detected."""
+    names = queues_to_scan(broker, new, app, given=queues, peek=peek is not None)
+    nodes: list[str] = []
+    if fleet is not None:
+        nodes = list(discover(fleet, broker, control_exchange).nodes)
+    report = run_scan(
+        broker=broker,
+        new=new,
+        old=old,
+        now=datetime.now(timezone.utc),
+        queues=names,
+        fleet=fleet,
+        workers=nodes,
+        app=app,
+        include_beat=include_beat,
+        beat_schedule=beat_schedule,
+        peek=peek,
+        oversize=oversize,
+        progress=progress,
+    )
+    if old is None:
+        report.notes.append("no old manifest given (--manifest): reordered parameters cannot be detected")
     return report
 
 

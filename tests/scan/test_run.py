@@ -12,7 +12,7 @@ from deploykit.manifest.model import Manifest, Parameter, Task
 from deploykit.messages import NO_HEADERS
 from deploykit.scan.decode import DecodedMessage, TaskCall
 from deploykit.scan.engine import Item, Report, Verdict
-from deploykit.scan.run import PeekOptions, build_judge, run_scan, scan_app_beat
+from deploykit.scan.run import PeekOptions, build_judge, queues_to_scan, run_scan, scan_app_beat, scan_waiting
 from deploykit.scan.sources import _beat_item
 from tests.fakes import FakeBroker, FakeFleet
 from tests.scan.test_fast_paths import EMBED, envelope
@@ -285,3 +285,56 @@ def test_beat_schedule_judged_elsewhere_is_left_out_but_django_rows_are_not():
     ]
     report = scan(FakeBroker(kind="redis"), include_beat=True, app=app, beat_schedule=False)
     assert report.beat_entries == 0
+
+
+class RoutingApp:
+    """Just what ``app_queue_names`` reads of a Celery app: its queues, default queue and routes."""
+
+    def __init__(self) -> None:
+        self.amqp = type("Amqp", (), {"queues": {"declared": None}})()
+        self.conf = type(
+            "Conf", (), {"task_default_queue": "default", "task_routes": {"report": {"queue": "routed"}}}
+        )()
+
+
+ROUTED = Manifest(tasks={"notify": Task("notify", (), qualname="notify", queue="emails")})
+DELAYED = DelayedStore(("celery_delayed_27", "celery_delayed_0"), messages=4)
+
+
+def test_queues_given_are_the_queues_scanned_and_the_broker_is_not_asked():
+    broker = FakeBroker(known=["celery"], delayed=DELAYED)
+    assert queues_to_scan(broker, ROUTED, RoutingApp(), given=["b", "a"], peek=True) == ["b", "a"]
+    assert broker.asked == []
+
+
+def test_without_queues_every_queue_the_broker_the_code_or_the_app_names_is_scanned_once():
+    broker = FakeBroker(known=["celery", "emails"], delayed=DELAYED)
+    names = queues_to_scan(broker, ROUTED, RoutingApp())
+    assert names == ["celery", "declared", "default", "emails", "routed"]
+    assert broker.asked == []  # native delayed-delivery queues only with peek
+    assert queues_to_scan(broker, ROUTED, None) == ["celery", "emails"]
+
+
+def test_peek_adds_the_delayed_delivery_queues_that_hold_messages_after_the_others():
+    broker = FakeBroker(known=["celery"], delayed=DELAYED)
+    names = queues_to_scan(broker, NEW, None, peek=True)
+    assert names == ["celery", "celery_delayed_0", "celery_delayed_27"]
+    empty = FakeBroker(known=["celery"], delayed=DelayedStore(("celery_delayed_0",), messages=0))
+    assert queues_to_scan(empty, NEW, None, peek=True) == ["celery"]
+    assert queues_to_scan(FakeBroker(known=["celery"]), NEW, None, peek=True) == ["celery"]
+
+
+def test_scan_waiting_asks_only_the_workers_online_and_says_what_it_cannot_detect():
+    """The workers online (listed by the broker, answering the ping) are asked what they hold;
+    without the old manifest, misbinding cannot be detected, and the last note says so."""
+    held = [{"id": "t1", "type": "notify", "args": [1, "sms"], "kwargs": {}}]
+    fleet = FakeFleet({"w1@h": {"reserved": held, "scheduled": []}, "w2@h": {}}, silent=["w2@h"])
+    broker = Rabbit({"celery": messages(3, "notify")}, known=["celery"], mailboxes=["w1@h", "w2@h"])
+    report = scan_waiting(broker, new=NEW, old=None, fleet=fleet, include_beat=False, peek=PeekOptions(10))
+    assert ("gather", (["reserved", "scheduled"], ["w1@h"])) in fleet.calls
+    assert report.scanned == 4
+    assert report.totals[Verdict.FAILS] == 3 and report.totals[Verdict.RUNS] == 1
+    assert report.notes[-1] == "no old manifest given (--manifest): reordered parameters cannot be detected"
+    again = scan_waiting(broker, new=NEW, old=NEW, queues=["celery"], include_beat=False)
+    assert again.scanned == 0 and again.unchecked_count == 3
+    assert not any("no old manifest" in note for note in again.notes)
