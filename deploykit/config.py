@@ -16,10 +16,13 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deploykit.brokers.urls import default_management_url, mask_url, parse_broker_url
 from deploykit.errors import UsageError
+
+if TYPE_CHECKING:
+    from deploykit.manifest.suppress import IgnoreEntry
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,6 +31,8 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 ENV_PREFIX = "DEPLOYKIT_"
 DEFAULT_TIMEOUT = 1.0
+#: The manifest's file name in the project root, unless ``[tool.deploykit] manifest`` says otherwise.
+DEFAULT_MANIFEST = "deploykit.manifest.json"
 
 #: Longer is a typo, and would overflow what the clock, Redis TTLs and sleeps accept.
 MAX_DURATION = 10 * 365.25 * 86400
@@ -295,3 +300,44 @@ def resolve_settings(
         sources=sources,
     )
     return settings, app
+
+
+# --- the manifest commands' settings: flag > [tool.deploykit] > default ------------------------
+
+
+def project_root(settings: Settings) -> Path:
+    """The project root: the folder of the nearest pyproject.toml, else the current directory."""
+    return settings.project_file.parent if settings.project_file is not None else Path.cwd()
+
+
+def manifest_path(settings: Settings, given: Path | None = None) -> Path:
+    """The committed manifest: ``given`` (``--manifest``, ``--output``), else ``[tool.deploykit]
+    manifest``, else :data:`DEFAULT_MANIFEST`, both in the project root; shown relative to the
+    current directory."""
+    if given is not None:
+        return given
+    configured = _project_str(settings.project, "manifest", settings.project_file)
+    path = project_root(settings) / (configured or DEFAULT_MANIFEST)
+    try:
+        return Path(os.path.relpath(path))
+    except ValueError:  # another drive on Windows
+        return path
+
+
+def fail_on_level(settings: Settings, given: str | None = None) -> str:
+    """``--fail-on``, else ``[tool.deploykit] fail_on``, else ``error``; validated, lower case."""
+    from deploykit.findings import fail_threshold
+
+    value = given if given is not None else settings.project.get("fail_on", "error")
+    if not isinstance(value, str):
+        raise UsageError(f"{settings.project_file}: [tool.deploykit] fail_on must be a string")
+    fail_threshold(value)
+    return value.strip().lower()
+
+
+def ignore_entries(settings: Settings) -> tuple[IgnoreEntry, ...]:
+    """``[tool.deploykit] ignore``, validated (an unknown rule ID is a usage error)."""
+    from deploykit.manifest.suppress import parse_ignore
+
+    where = f"{settings.project_file}: [tool.deploykit] ignore" if settings.project_file else "ignore"
+    return parse_ignore(settings.project.get("ignore"), source=where)

@@ -16,16 +16,22 @@ import typer
 
 from deploykit.cli import app
 from deploykit.cli.common import AppOpt, JsonOpt, emit_json, handle_errors, load_user_app, merged_flags
-from deploykit.config import CliFlags, Settings, resolve_settings
+from deploykit.config import (
+    DEFAULT_MANIFEST,
+    CliFlags,
+    Settings,
+    fail_on_level,
+    ignore_entries,
+    manifest_path,
+    project_root,
+    resolve_settings,
+)
 from deploykit.errors import ExitCode, UnsafeError, UsageError
 
 if TYPE_CHECKING:
     from celery import Celery
 
     from deploykit.manifest.check import Report
-    from deploykit.manifest.suppress import IgnoreEntry
-
-DEFAULT_MANIFEST = "deploykit.manifest.json"
 
 manifest_app = typer.Typer(
     help="Snapshot the app's task signatures into a manifest, and diff two manifests.",
@@ -82,41 +88,6 @@ ManifestOpt = Annotated[
 
 def _settings(flags: CliFlags, *, need_app: bool) -> tuple[Settings, Celery | None]:
     return resolve_settings(flags, load_app=load_user_app if need_app else None, need_app=need_app)
-
-
-def _root(settings: Settings) -> Path:
-    """The project root: the folder of the nearest pyproject.toml, else the current directory."""
-    return settings.project_file.parent if settings.project_file is not None else Path.cwd()
-
-
-def _manifest_path(given: Path | None, settings: Settings) -> Path:
-    if given is not None:
-        return given
-    configured = settings.project.get("manifest")
-    if configured is not None and not isinstance(configured, str):
-        raise UsageError(f"{settings.project_file}: [tool.deploykit] manifest must be a string")
-    path = _root(settings) / (configured or DEFAULT_MANIFEST)
-    try:
-        return Path(os.path.relpath(path))
-    except ValueError:  # another drive on Windows
-        return path
-
-
-def _fail_on(given: str | None, settings: Settings) -> str:
-    from deploykit.manifest.check import fail_threshold
-
-    value = given if given is not None else settings.project.get("fail_on", "error")
-    if not isinstance(value, str):
-        raise UsageError(f"{settings.project_file}: [tool.deploykit] fail_on must be a string")
-    fail_threshold(value)
-    return value.strip().lower()
-
-
-def _ignore(settings: Settings) -> tuple[IgnoreEntry, ...]:
-    from deploykit.manifest.suppress import parse_ignore
-
-    where = f"{settings.project_file}: [tool.deploykit] ignore" if settings.project_file else "ignore"
-    return parse_ignore(settings.project.get("ignore"), source=where)
 
 
 def _format(fmt: str | None, json_: bool) -> str:
@@ -263,8 +234,8 @@ def snapshot(
     with handle_errors():
         flags = merged_flags(ctx, app_)
         settings, user_app = _settings(flags, need_app=True)
-        path = _manifest_path(output, settings)
-        manifest = collect(settings.app, _root(settings), app=user_app)
+        path = manifest_path(settings, output)
+        manifest = collect(settings.app, project_root(settings), app=user_app)
         counts = {"tasks": len(manifest.tasks), "beat": len(manifest.beat)}
         if check:
             if str(path) == "-":
@@ -327,8 +298,10 @@ def diff(
     with handle_errors():
         settings, _ = _settings(merged_flags(ctx), need_app=False)
         chosen, extra = _format(fmt, json_), _reports(report_to)
-        report = diff_files(old, new, ignore=_ignore(settings), fail_on=_fail_on(fail_on, settings))
-        emit_report(report, chosen, extra, root=_root(settings), manifest=str(new))
+        report = diff_files(
+            old, new, ignore=ignore_entries(settings), fail_on=fail_on_level(settings, fail_on)
+        )
+        emit_report(report, chosen, extra, root=project_root(settings), manifest=str(new))
 
 
 @app.command("check")
@@ -367,19 +340,21 @@ def check(
         flags = merged_flags(ctx, app_)
         chosen, extra = _format(fmt, json_), _reports(report_to)
         settings, _ = _settings(flags, need_app=False)  # read pyproject before importing user code
-        path = _manifest_path(manifest, settings)
-        level = _fail_on(fail_on, settings)
-        ignore = _ignore(settings)
+        path = manifest_path(settings, manifest)
+        level = fail_on_level(settings, fail_on)
+        ignore = ignore_entries(settings)
         from deploykit.manifest import model
 
         model.read(path)  # a missing or corrupt manifest is reported before the app is imported
         settings, user_app = _settings(flags, need_app=True)
-        report = check_code(path, settings.app, _root(settings), ignore=ignore, fail_on=level, app=user_app)
+        report = check_code(
+            path, settings.app, project_root(settings), ignore=ignore, fail_on=level, app=user_app
+        )
         if scan_broker:
             report = _with_broker_scan(
                 report, flags, path, user_app, peek=peek, peek_limit=peek_limit, force=force
             )
-        emit_report(report, chosen, extra, root=_root(settings), manifest=str(path))
+        emit_report(report, chosen, extra, root=project_root(settings), manifest=str(path))
 
 
 @manifest_app.command("rules")

@@ -11,7 +11,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from deploykit.brokers.urls import Redactor, default_management_url, mask_url
-from deploykit.config import CliFlags, parse_duration, resolve_settings
+from deploykit.config import (
+    DEFAULT_MANIFEST,
+    CliFlags,
+    Settings,
+    fail_on_level,
+    ignore_entries,
+    manifest_path,
+    parse_duration,
+    project_root,
+    resolve_settings,
+)
 from deploykit.errors import UsageError
 
 
@@ -144,3 +154,47 @@ def test_default_management_url():
     assert default_management_url("amqps://u:p@h/vh") == "https://u:p@h:15672/"
     assert default_management_url("amqp://h") == "http://guest:guest@h:15672/"
     assert default_management_url("redis://h/0") is None
+
+
+def test_manifest_settings_flag_then_pyproject_then_default_in_the_project_root(tmp_path, monkeypatch):
+    """manifest, fail_on and ignore: the flag wins, then [tool.deploykit]; paths are in the
+    project root (the pyproject's folder), shown relative to the current directory."""
+    cwd = _project(
+        tmp_path,
+        '[tool.deploykit]\nmanifest = "ci/m.json"\nfail_on = " Warning "\nignore = ["TASK_REMOVED"]\n',
+    )
+    monkeypatch.chdir(cwd)
+    settings, _ = resolve_settings(CliFlags(), environ={}, cwd=cwd)
+    assert project_root(settings) == tmp_path
+    assert manifest_path(settings) == Path("../../ci/m.json")
+    assert manifest_path(settings, Path("given.json")) == Path("given.json")
+    assert fail_on_level(settings) == "warning" and fail_on_level(settings, "NEVER") == "never"
+    assert [(e.task, e.rule) for e in ignore_entries(settings)] == [("*", "TASK_REMOVED")]
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    monkeypatch.chdir(bare)
+    plain = Settings(app=None, broker_url=None, management_url=None, timeout=1.0, transport_options={})
+    assert project_root(plain) == bare
+    assert manifest_path(plain) == Path(DEFAULT_MANIFEST)
+    assert fail_on_level(plain) == "error" and ignore_entries(plain) == ()
+
+
+@pytest.mark.parametrize(
+    ("body", "lookup", "message"),
+    [
+        ("manifest = 3", manifest_path, r"pyproject.toml: \[tool.deploykit\] manifest must be a string"),
+        ("fail_on = 1", fail_on_level, r"pyproject.toml: \[tool.deploykit\] fail_on must be a string"),
+        ('fail_on = "sometimes"', fail_on_level, "invalid --fail-on 'sometimes'"),
+        (
+            'ignore = "TASK_REMOVED"',
+            ignore_entries,
+            r"pyproject.toml: \[tool.deploykit\] ignore must be a list",
+        ),
+        ('ignore = ["NO_SUCH_RULE"]', ignore_entries, "unknown rule 'NO_SUCH_RULE'"),
+    ],
+)
+def test_bad_manifest_settings_are_usage_errors_naming_the_file(tmp_path, body, lookup, message):
+    cwd = _project(tmp_path, f"[tool.deploykit]\n{body}\n")
+    settings, _ = resolve_settings(CliFlags(), environ={}, cwd=cwd)
+    with pytest.raises(UsageError, match=message):
+        lookup(settings)
