@@ -14,7 +14,7 @@ Two sources:
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,7 +78,3 @@ def apply_suppressions(
                 item = item.suppress(f"pyproject: {entry.text}")
         result.append(item)
     return result
-
-
-def ignore_from_project(project: Mapping[str, Any]) -> tuple[IgnoreEntry, ...]:
-    return parse_ignore(project.get("ignore"))
