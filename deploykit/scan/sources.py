@@ -1,39 +1,19 @@
-"""Where waiting messages are read from, each as a stream of :class:`~deploykit.scan.engine.Item`.
+"""Waiting messages that are not stored broker messages, each as a stream of
+:class:`~deploykit.scan.engine.Item`: worker-held tasks through remote control (their arguments
+arrive already decoded), beat schedules from the app and from django-celery-beat's table.
 
-Everything here reads without consuming or reordering: Redis lists and the ``unacked`` hash
-through the broker interface, worker-held tasks through remote control (their arguments arrive
-already decoded), beat schedules from the app and from django-celery-beat's table.
+Stored messages (queues, the ``unacked`` store) are judged page by page straight from the broker
+interface by :func:`deploykit.scan.run.run_scan`, without an item per message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from deploykit.brokers.base import Broker, RawMessage
 from deploykit.messages import NO_HEADERS, StoredHeaders
-from deploykit.scan.decode import DecodedMessage, TaskCall, Undecodable, _shape_from_repr, decode
+from deploykit.scan.decode import DecodedMessage, TaskCall, Undecodable, _shape_from_repr
 from deploykit.scan.engine import Item
-
-
-def item_from_raw(raw: RawMessage, location: str) -> Item:
-    return Item(location=location, headers=raw.headers, size=raw.size, decoded=decode(raw))
-
-
-def queue_items(broker: Broker, queues: Iterable[str], batch: int = 1000) -> Iterator[Item]:
-    """Every message waiting in ``queues`` (all priority sub-queues), next-to-run first."""
-    for queue in queues:
-        for raw in broker.iter_messages(queue, batch=batch):
-            yield item_from_raw(raw, f"queue:{queue}")
-
-
-def unacked_items(broker: Broker, seen_ids: set[str]) -> Iterator[Item]:
-    """Messages delivered to workers and not acknowledged (Redis: reserved and ETA tasks)."""
-    for raw in broker.unacked_messages():
-        task_id = raw.headers.id
-        if isinstance(task_id, str):
-            seen_ids.add(task_id)
-        yield item_from_raw(raw, f"unacked:{raw.queue or '?'}")
 
 
 def _call_from_request(request: Mapping[str, Any]) -> DecodedMessage | Undecodable:
