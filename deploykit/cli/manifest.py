@@ -370,7 +370,6 @@ def rules(json_: JsonOpt = False) -> None:
 
         emit_json(rules_document(list(RULES.values()), pages))
         return
-    width = max(len(rule_id) for rule_id in RULES)
-    for rule in RULES.values():
-        typer.echo(f"{rule.id:<{width}}  {rule.level.value:<7}  {rule.summary}")
-        typer.echo(f"{'':<{width}}  {'':<7}  {pages[rule.id]}")
+    from deploykit.output.check import render_rules
+
+    render_rules(list(RULES.values()), pages, typer.echo)

@@ -2,19 +2,24 @@
 
 The findings themselves are rendered by :mod:`deploykit.output.findings` (one renderer per
 format, shared with ``doctor`` and ``scan``); this module adds the report's heading, notes and
-summary line. JSON: :meth:`Report.document` (schema ``deploykit.findings/1``).
+summary line. JSON: :meth:`Report.document` (schema ``deploykit.findings/1``). Also the
+``manifest rules`` listing (:func:`render_rules`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deploykit.manifest.check import Report
 from deploykit.output import findings as out
 from deploykit.output.findings import FORMATS as FORMATS
 from deploykit.output.findings import fingerprint as fingerprint
+
+if TYPE_CHECKING:
+    from deploykit.manifest.rules import Rule
 
 _EMPTY = "No changes that affect queued or in-flight tasks."
 
@@ -116,3 +121,12 @@ def render(report: Report, fmt: str, *, prefix: str | None = None, fallback_path
     if fmt == "markdown":
         return markdown(report, prefix=prefix)
     raise ValueError(fmt)
+
+
+def render_rules(rules: Sequence[Rule], pages: Mapping[str, str], write: Callable[[str], None]) -> None:
+    """``manifest rules``: each rule's ID, default level and summary, and its page on the next
+    line, in columns. Its ``--json`` document is :func:`deploykit.output.documents.rules_document`."""
+    width = max((len(rule.id) for rule in rules), default=0)
+    for rule in rules:
+        write(f"{rule.id:<{width}}  {rule.level.value:<7}  {rule.summary}")
+        write(f"{'':<{width}}  {'':<7}  {pages[rule.id]}")

@@ -133,3 +133,17 @@ def test_github_annotations_follow_the_one_truncation_rule() -> None:
     assert lines[-1].startswith("deploykit check: 12 errors, 10 warnings")
     # The step summary lists every one of them.
     assert out.markdown(report).count("\n| ") == 1 + 22
+
+
+def test_rules_listing_in_columns_with_each_page_under_its_rule():
+    from deploykit.manifest.rules import Rule
+
+    rules = [Rule("A_LONG_RULE", Level.ERROR, "Breaks."), Rule("B", Level.INFO, "Noted.")]
+    lines: list[str] = []
+    out.render_rules(rules, {"A_LONG_RULE": "https://d/a/", "B": "https://d/b/"}, lines.append)
+    assert lines == [
+        "A_LONG_RULE  error    Breaks.",
+        "                      https://d/a/",
+        "B            info     Noted.",
+        "                      https://d/b/",
+    ]
