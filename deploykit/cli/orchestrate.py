@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import signal
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Protocol, TypeVar
@@ -485,30 +486,29 @@ def restart(
             assert supervisor is not None
             starter = SupervisorStarter(supervisor, parse_programs(program or []))
         expected = manifest_task_names(manifest) if manifest else None
-        options_base = {
-            "workers": tuple(worker or ()),
-            "batch": batch,
-            "min_consumers": min_consumers,
-            "drain_timeout": _duration(drain_timeout, "--drain-timeout"),
-            "shutdown_timeout": _duration(shutdown_timeout, "--shutdown-timeout"),
-            "start_timeout": parse_duration(start_timeout, what="--start-timeout"),
-            "expected_tasks": expected,
-            "dry_run": dry_run,
-            "settle": parse_duration(settle, what="--settle") if settle else (2.0 if exec_ else 0.0),
-        }
+        options = RestartOptions(
+            workers=tuple(worker or ()),
+            batch=batch,
+            min_consumers=min_consumers,
+            drain_timeout=_duration(drain_timeout, "--drain-timeout"),
+            shutdown_timeout=_duration(shutdown_timeout, "--shutdown-timeout"),
+            start_timeout=parse_duration(start_timeout, what="--start-timeout"),
+            expected_tasks=expected,
+            dry_run=dry_run,
+            settle=parse_duration(settle, what="--settle") if settle else (2.0 if exec_ else 0.0),
+        )
         flags = merged_flags(ctx, app_, broker, management_url, None)
         with open_session(flags) as session:
             records = _records(session, record_ttl)
             display = _progress(quiet)
 
             def build() -> RestartMachine:
-                options = RestartOptions(**options_base, control_exchange=session.control_exchange)  # type: ignore[arg-type]
                 return RestartMachine(
                     session.workers,
                     session.broker,
                     records,
                     starter,
-                    options,
+                    replace(options, control_exchange=session.control_exchange),
                     timing=Timing(),
                     progress=display,
                 )
