@@ -199,10 +199,12 @@ def queue_defs_from_app(app: Any) -> list[QueueDef]:
 
 
 def queue_defs_from_worker(node: str, active_queues: Any) -> list[QueueDef]:
+    """The queues a worker consumes from, as its ``active_queues`` reply declares them (a
+    malformed entry is dropped: :func:`deploykit.fleet.replies.declared_queues`)."""
+    from deploykit.fleet.replies import declared_queues
+
     defs = []
-    for queue in active_queues if isinstance(active_queues, list) else []:
-        if not isinstance(queue, Mapping):
-            continue
+    for queue in declared_queues(active_queues):
         raw_exchange = queue.get("exchange")
         exchange: Mapping[str, Any] = raw_exchange if isinstance(raw_exchange, Mapping) else {}
         defs.append(

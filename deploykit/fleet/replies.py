@@ -93,7 +93,7 @@ def _pool_name(implementation: Any) -> str | None:
     return module.rsplit(".", 1)[-1]
 
 
-def _declared(active_queues: Any) -> list[Mapping[str, Any]]:
+def declared_queues(active_queues: Any) -> list[Mapping[str, Any]]:
     """The queue mappings of an ``active_queues`` reply (anything else is dropped)."""
     if not isinstance(active_queues, list):
         return []
@@ -103,7 +103,7 @@ def _declared(active_queues: Any) -> list[Mapping[str, Any]]:
 def consumed_queues(active_queues: Any) -> dict[str, dict[str, Any]]:
     """``active_queues`` reply of one worker -> ``{queue name: Queue.as_dict()}`` (task queues only)."""
     queues: dict[str, dict[str, Any]] = {}
-    for item in _declared(active_queues):
+    for item in declared_queues(active_queues):
         name = item.get("name")
         if isinstance(name, str) and not is_internal_queue(name):
             queues[name] = dict(item)
@@ -211,7 +211,7 @@ def _held_tasks(node: str, replies: Replies, declared: Sequence[Mapping[str, Any
 def held_tasks(replies: Replies, node: str) -> list[HeldTask]:
     """Active, reserved and scheduled tasks of ``node`` from gathered replies (:data:`HELD_COMMANDS`;
     with an ``active_queues`` reply too, each task's queue is matched against it)."""
-    return _held_tasks(node, replies, _declared(replies.get("active_queues", node)))
+    return _held_tasks(node, replies, declared_queues(replies.get("active_queues", node)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,7 +225,7 @@ def parse_worker(node: str, replies: Replies) -> WorkerInfo:
     commands not asked are ``None`` in it)."""
     stats = replies.get("stats", node)
     stats = stats if isinstance(stats, Mapping) else {}
-    declared = _declared(replies.get("active_queues", node))
+    declared = declared_queues(replies.get("active_queues", node))
     pool = stats.get("pool")
     pool = pool if isinstance(pool, Mapping) else {}
     concurrency = pool.get("max-concurrency")

@@ -88,3 +88,19 @@ def test_gather_from_workers_and_broker() -> None:
     assert wait.id == "t1" and wait.worker == "w1@h" and wait.held_for == 7800.0
     ids = {f.rule for f in run_checks(audit)}
     assert {"VISIBILITY_TIMEOUT_BELOW_ETA", "ACKS_LATE_WITHOUT_REJECT"} <= ids
+
+
+def test_worker_queue_declarations_keep_each_mapping_and_drop_what_is_not_one() -> None:
+    """The same reading of ``active_queues`` as the fleet's parser: a malformed reply or entry is
+    no declaration (not a crash); an entry without an exchange keeps its name."""
+    from deploykit.doctor.gather import queue_defs_from_worker
+
+    reply = [_queue("celery", "topic", {"x-queue-type": "quorum"}), "junk", 3, {"name": "bare"}]
+    defs = queue_defs_from_worker("w1@h", reply)
+    assert [(d.name, d.exchange, d.exchange_type, d.origin) for d in defs] == [
+        ("celery", "celery", "topic", "worker w1@h"),
+        ("bare", None, None, "worker w1@h"),
+    ]
+    assert defs[0].queue_type == "quorum"
+    assert queue_defs_from_worker("w1@h", {"error": "no such command"}) == []
+    assert queue_defs_from_worker("w1@h", None) == []
