@@ -48,6 +48,19 @@ class App:
     broker: str  # "redis" or "amqp": the one the project documents for production
     settings_module: str
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: What the project's production install adds beside it, as its docs say: an extra of its
+    #: own (``pretalx[redis]``) or the broker client for its result backend (``celery[redis]``).
+    #: deploykit brings no broker client, so these must come from the app's side, as they do.
+    extras: str = ""
+    with_packages: tuple[str, ...] = ()
+    #: Per release, what it ran with in its day where today's resolution breaks the app itself.
+    release_packages: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def requirements(self, version: str) -> list[str]:
+        """The pip requirements that install this release as a deployment does."""
+        extras = f"[{self.extras}]" if self.extras else ""
+        era = self.release_packages.get(version, ())
+        return [f"{self.name}{extras}=={version}", *self.with_packages, *era]
 
     @property
     def releases(self) -> tuple[Release, Release]:
@@ -72,6 +85,10 @@ APPS: dict[str, App] = {
         celery_app="pretalx.celery_app:app",
         broker="redis",
         settings_module="pretalx.settings",
+        extras="redis",  # its install docs: pip install "pretalx[redis]"
+        # 2024.1 pins redis-py 5.0 but leaves kombu open: today's kombu (5.6+) refuses that
+        # redis-py, so its own workers would not start. Deployed in its day, it had kombu 5.3.
+        release_packages={"2024.1.0": ("kombu<5.4",)},
     ),
     # Mayan EDMS 4.7 (2024-05-07) -> 4.12.2 (2026-09-16): 28 months. RabbitMQ.
     "mayan-edms": App(
@@ -81,6 +98,9 @@ APPS: dict[str, App] = {
         celery_app="mayan.celery:app",
         broker="amqp",
         settings_module="mayan.settings.production",
+        # Results in Redis, as its compose file does: Celery's own bundle for that backend,
+        # resolved against the kombu/celery the release pins.
+        with_packages=("celery[redis]",),
     ),
 }
 

@@ -67,17 +67,22 @@ def _install(release: Release) -> None:
     if header and not Path(header).exists() and not (venv / ".app-installed").exists():
         raise SystemExit(f"{release.key}: needs the system packages {packages} (apt-get install)")
     pip = [str(release.python), "-m", "pip", "--disable-pip-version-check"]
-    if not (venv / ".app-installed").exists():
+    requirements = APPS[release.app].requirements(release.version)
+    installed = venv / ".app-installed"
+    wanted = "".join(line + "\n" for line in requirements)
+    if not installed.exists() or installed.read_text() != wanted:
         if not release.python.exists():
             proc = _run([BASE_PYTHON, "-m", "venv", str(venv)], log)
             if proc.returncode:
                 raise SystemExit(f"{release.key}: venv failed, see {log}")
-        proc = _run([*pip, "install", "-q", f"{release.app}=={release.version}"], log)
+        proc = _run([*pip, "install", "-q", *requirements], log)
         if proc.returncode:
             raise SystemExit(f"{release.key}: pip install failed, see {log}")
         freeze = _run([*pip, "freeze", "--all"], log)
         (venv / "app-freeze.txt").write_text(freeze.stdout)
-        (venv / ".app-installed").write_text(f"{release.app}=={release.version}\n")
+        installed.write_text(wanted)
+        for marker in venv.glob(".deploykit-*"):  # the app's pins moved: check beside them again
+            marker.unlink()
     marker = venv / f".deploykit-{deploykit_fingerprint()}"
     if marker.exists():
         return
@@ -112,7 +117,7 @@ def _install(release: Release) -> None:
         proc = _run([*pip, "install", "-q", "--no-deps", "-e", str(ROOT)], log)
         if proc.returncode:
             raise SystemExit(f"{release.key}: installing deploykit failed, see {log}")
-        for requirement in ("typer", "httpx", "rich", "msgspec", "hiredis", "redis", "celery", "kombu"):
+        for requirement in ("typer", "httpx", "rich", "msgspec", "celery", "kombu"):
             _run([*pip, "install", "-q", "-c", str(constraints), requirement], log)
         (venv / "deploykit-no-deps.txt").write_text(proc.stdout + proc.stderr)
     else:
