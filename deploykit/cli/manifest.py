@@ -7,8 +7,10 @@ Thin: resolve settings, call one function of :mod:`deploykit.manifest.check`, re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -32,9 +34,11 @@ if TYPE_CHECKING:
     from celery import Celery
 
     from deploykit.manifest.check import Report
+    from deploykit.registry import ManifestRegistry
 
 manifest_app = typer.Typer(
-    help="Snapshot the app's task signatures into a manifest, and diff two manifests.",
+    help="Snapshot the app's task signatures into a manifest, diff two manifests, and keep "
+    "each build's manifest in a registry (publish, list, show).",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -373,3 +377,162 @@ def rules(json_: JsonOpt = False) -> None:
     from deploykit.output.check import render_rules
 
     render_rules(list(RULES.values()), pages, typer.echo)
+
+
+# --- the manifest registry ---------------------------------------------------------------------
+
+RegistryOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--registry",
+        metavar="DIR",
+        envvar="DEPLOYKIT_REGISTRY",
+        help="Keep the registry in this directory (one JSON file per build) instead of the broker "
+        "(for brokers with no place for it) [env: DEPLOYKIT_REGISTRY].",
+        show_default=False,
+    ),
+]
+
+
+@contextlib.contextmanager
+def _open_registry(
+    ctx: typer.Context, directory: Path | None, *, limit: int, ttl: str | None
+) -> Iterator[ManifestRegistry]:
+    """The registry in ``directory``, else in the broker (-b before the command, or configured)."""
+    from deploykit.brokers import open_broker
+    from deploykit.brokers.manifest_store import open_manifest_store
+    from deploykit.cli.common import resolve, use_redactor
+    from deploykit.config import parse_duration
+    from deploykit.registry import ManifestRegistry
+
+    seconds = parse_duration(ttl, what="--ttl") if ttl is not None else None
+    broker = None
+    if directory is None:
+        settings, _ = resolve(merged_flags(ctx))
+        use_redactor(settings)
+        broker = open_broker(settings)
+    try:
+        store = open_manifest_store(broker, directory=directory, ttl=seconds)
+        try:
+            yield ManifestRegistry(store, limit=limit)
+        finally:
+            store.close()
+    finally:
+        if broker is not None:
+            broker.close()
+
+
+@manifest_app.command("publish")
+def publish(
+    ctx: typer.Context,
+    build: Annotated[
+        str | None,
+        typer.Option(
+            "--build",
+            metavar="ID",
+            envvar="DEPLOYKIT_BUILD",
+            help="The build id (1-128 printable characters, no '/') [env: DEPLOYKIT_BUILD].",
+            show_default=False,
+        ),
+    ] = None,
+    app_: AppOpt = None,
+    from_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            metavar="FILE",
+            help="Publish this manifest file instead of importing the app.",
+            show_default=False,
+        ),
+    ] = None,
+    registry: RegistryOpt = None,
+    limit: Annotated[
+        int, typer.Option("--limit", metavar="N", min=1, help="Builds kept; the oldest are dropped first.")
+    ] = 50,
+    ttl: Annotated[
+        str | None,
+        typer.Option(
+            "--ttl",
+            metavar="DURATION",
+            help="Redis and RabbitMQ: keep the entry this long after its last publish (default 30d).",
+            show_default=False,
+        ),
+    ] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Store the manifest under a build id where every machine reaching the broker can read it."""
+    from deploykit.registry import validate_build
+
+    with handle_errors():
+        if not build:
+            raise UsageError("no build id: pass --build ID or set DEPLOYKIT_BUILD")
+        validate_build(build)
+        if from_file is not None:
+            if app_ is not None:
+                raise UsageError("--from and -A/--app are exclusive")
+            from deploykit.manifest import model
+
+            manifest = model.read(from_file)
+        else:
+            from deploykit.manifest.collect import snapshot as collect
+
+            settings, user_app = _settings(merged_flags(ctx, app_), need_app=True)
+            manifest = collect(settings.app, project_root(settings), app=user_app)
+        with _open_registry(ctx, registry, limit=limit, ttl=ttl) as store:
+            result = store.publish(build, manifest)
+            location = store.location
+        if json_:
+            from deploykit.output.documents import publish_document
+
+            emit_json(publish_document(result, registry=location, limit=limit))
+            return
+        from deploykit.output.registry import render_publish
+
+        for line in render_publish(result, registry=location, limit=limit):
+            typer.echo(line)
+
+
+@manifest_app.command("list")
+def list_builds(ctx: typer.Context, registry: RegistryOpt = None, json_: JsonOpt = False) -> None:
+    """List the builds in the manifest registry, newest publish first."""
+    with handle_errors():
+        with _open_registry(ctx, registry, limit=50, ttl=None) as store:
+            entries = store.entries()
+            location = store.location
+        if json_:
+            from deploykit.output.documents import registry_document
+
+            emit_json(registry_document(entries, registry=location))
+            return
+        from deploykit.output.registry import render_entries
+
+        for line in render_entries(entries, registry=location):
+            typer.echo(line)
+
+
+@manifest_app.command("show")
+def show(
+    ctx: typer.Context,
+    build: Annotated[str, typer.Argument(metavar="ID", help="The build id.")],
+    registry: RegistryOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Print the manifest of a build (the JSON `manifest snapshot` writes; --json changes nothing).
+
+    Exit 2 when the registry has no manifest for the build, or its entry is corrupt or newer than
+    this deploykit reads.
+    """
+    from deploykit.manifest import model
+    from deploykit.output.registry import shown_build
+
+    del json_  # the manifest is JSON already
+    with handle_errors():
+        with _open_registry(ctx, registry, limit=50, ttl=None) as store:
+            manifest = store.get(build)
+            location = store.location
+        if manifest is None:
+            raise UsageError(
+                f"no manifest for build {shown_build(build)} in {location} "
+                "(deploykit manifest list shows the builds it has)"
+            )
+        sys.stdout.write(model.dumps(manifest))

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from deploykit.orchestrate.restart import BatchReport, RestartResult
     from deploykit.orchestrate.resume import ResumeResult
     from deploykit.orchestrate.shutdown import ShutdownResult, WorkerShutdown
+    from deploykit.registry import PublishResult, RegistryEntry
 
 #: Every published document: its name (``deploykit.<name>/<version>``) and current version.
 SCHEMAS: Mapping[str, int] = {
@@ -61,6 +62,8 @@ SCHEMAS: Mapping[str, int] = {
     "findings": 1,
     "snapshot": 1,
     "rules": 1,
+    "publish": 1,
+    "registry": 1,
 }
 
 Json = dict[str, Any]
@@ -113,6 +116,7 @@ def _worker(worker: WorkerInfo) -> Json:
         "scheduled": worker.scheduled,
         "uptime": worker.uptime,
         "celery_version": worker.celery_version,
+        "build": worker.build,
         "tasks": [_held_task(t) for t in worker.tasks],
         "partial": worker.partial,
     }
@@ -161,6 +165,7 @@ def _entry(entry: ScheduledEntry) -> Json:
         "args": entry.args,
         "kwargs": entry.kwargs,
         "hazards": [_hazard(h) for h in entry.hazards],
+        "build": entry.build,
     }
 
 
@@ -436,4 +441,41 @@ def rules_document(rules: Sequence[Rule], pages: Mapping[str, str]) -> Json:
         "rules": [
             {"id": r.id, "level": r.level.value, "summary": r.summary, "docs": pages[r.id]} for r in rules
         ],
+    }
+
+
+# -- manifest registry ------------------------------------------------------------------------
+def _registry_entry(entry: RegistryEntry) -> Json:
+    return {
+        "build": entry.build,
+        "published_at": _epoch(entry.published_at),
+        "tasks": entry.tasks,
+        "size": entry.size,
+        "problem": entry.problem,
+    }
+
+
+def _epoch(value: float | None) -> str | None:
+    return None if value is None else _time(datetime.fromtimestamp(value, timezone.utc))
+
+
+def publish_document(result: PublishResult, *, registry: str, limit: int) -> Json:
+    """``manifest publish --json``: the entry stored and the builds dropped to stay within the limit."""
+    return {
+        "schema": schema_name("publish"),
+        "registry": registry,
+        "limit": limit,
+        "entry": _registry_entry(result.entry),
+        "replaced": result.replaced,
+        "dropped": list(result.dropped),
+        "kept_protected": list(result.kept_protected),
+    }
+
+
+def registry_document(entries: Sequence[RegistryEntry], *, registry: str) -> Json:
+    """``manifest list --json``: every build in the registry, newest publish first."""
+    return {
+        "schema": schema_name("registry"),
+        "registry": registry,
+        "builds": [_registry_entry(e) for e in entries],
     }

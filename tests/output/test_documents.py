@@ -75,6 +75,22 @@ def _rules() -> dict[str, Any]:
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
+def _registry(tmp: Path, kind: str) -> dict[str, Any]:
+    """A registry that went over its limit and has a corrupt entry: the real core, a directory store."""
+    from deploykit.brokers.manifest_store import DirectoryManifestStore
+    from deploykit.registry import ManifestRegistry
+
+    old, new = p.manifests()
+    registry = ManifestRegistry(DirectoryManifestStore(tmp / "registry"), limit=2)
+    registry.publish("v1", old)
+    registry.publish("v2", old, protect={"v1"})
+    result = registry.publish("v3", new, protect={"v1"})
+    (tmp / "registry" / "broken.json").write_text("{")
+    if kind == "publish":
+        return d.publish_document(result, registry=registry.location, limit=2)
+    return d.registry_document(registry.entries(), registry=registry.location)
+
+
 #: golden name -> the document, built from a core result.
 PRODUCERS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "workers": lambda _: d.workers_document(p.workers(), broker=B),
@@ -93,6 +109,8 @@ PRODUCERS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "snapshot-check": _snapshot_check,
     "snapshot-written": lambda _: d.snapshot_written_document("m.json", written=True, tasks=3, beat=1),
     "rules": lambda _: _rules(),
+    "publish": lambda tmp: _registry(tmp, "publish"),
+    "registry": lambda tmp: _registry(tmp, "registry"),
 }
 
 
@@ -106,10 +124,11 @@ def test_document_shape_matches_its_golden_file_and_its_schema(name: str, tmp_pa
     validate(document)
 
 
-def test_every_published_document_is_produced_here() -> None:
-    produced = {
-        PRODUCERS[name](Path("/nonexistent"))["schema"] for name in PRODUCERS if name != "snapshot-check"
-    }
+def test_every_published_document_is_produced_here(tmp_path: Path) -> None:
+    produced = set()
+    for name in PRODUCERS:
+        (tmp_path / name).mkdir()
+        produced.add(PRODUCERS[name](tmp_path / name)["schema"])
     assert produced | {d.schema_name("snapshot")} == {d.schema_name(kind) for kind in d.SCHEMAS}
 
 
