@@ -21,14 +21,16 @@ import msgspec
 from deploykit.errors import Refused
 from deploykit.messages import StoredHeaders
 
-#: Celery's internal queues: remote-control mailboxes and replies, event queues.
-_INTERNAL = re.compile(r"(\.pidbox$|^celeryev\.|\.reply\.celery\.pidbox$|^_kombu\.)")
+#: Celery's remote-control, reply and event queues, kombu's own, and deploykit's manifest registry
+#: (:mod:`deploykit.brokers.manifest_store`): never task queues.
+_INTERNAL = re.compile(r"(\.pidbox$|^celeryev\.|\.reply\.celery\.pidbox$|^_kombu\.|^deploykit\.manifest\.)")
 #: RabbitMQ native delayed delivery (Celery 5.5+ with quorum queues): celery_delayed_0 … _27.
 DELAYED_QUEUE = re.compile(r"^(?:.+_)?celery_delayed_(\d+)$")
 
 
 def is_internal_queue(name: str) -> bool:
-    """True for Celery's remote-control, reply and event queues (never task queues)."""
+    """True for Celery's remote-control, reply and event queues and deploykit's manifest registry
+    queues (never task queues)."""
     return bool(_INTERNAL.search(name))
 
 
