@@ -249,3 +249,27 @@ def test_a_broker_with_no_place_asks_for_a_directory(tmp_path: Path) -> None:
     result = run_deploykit("-b", f"filesystem://{tmp_path}", "manifest", "list")
     assert result.returncode == 2
     assert "pass --registry DIR" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_publish_running_manifest_reaches_the_apps_broker(redis_url: str) -> None:
+    from celery import Celery
+
+    from deploykit.brokers.manifest_store import open_manifest_store
+    from deploykit.brokers.redis import RedisBroker
+    from deploykit.registry import ManifestRegistry, publish_running_manifest
+
+    worker_app = Celery("w", broker=redis_url, set_as_current=False)
+    worker_app.conf.broker_transport_options = {"global_keyprefix": "w:"}
+
+    @worker_app.task(name="w.add", shared=False)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    result = publish_running_manifest(worker_app, "w1")
+    assert result.entry.tasks == 1
+    broker = RedisBroker(redis_url, transport_options={"global_keyprefix": "w:"}, timeout=1.0)
+    try:
+        got = ManifestRegistry(open_manifest_store(broker)).get("w1")
+    finally:
+        broker.close()
+    assert got is not None and [p.name for p in got.tasks["w.add"].parameters] == ["x", "y"]
