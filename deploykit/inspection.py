@@ -101,6 +101,9 @@ class ScheduledEntry:
     args: str | None
     kwargs: str | None
     hazards: tuple[Hazard, ...] = ()
+    #: The build that published it (its ``deploykit_build`` header), when read from the broker;
+    #: ``None`` when unstamped, or held by a worker (a ``scheduled`` reply carries no headers).
+    build: str | None = None
 
 
 @dataclass(frozen=True)
@@ -331,6 +334,7 @@ def _broker_entry(
         args=shorten(headers.argsrepr),
         kwargs=shorten(headers.kwargsrepr),
         hazards=tuple(hazards),
+        build=headers.build,
     )
 
 

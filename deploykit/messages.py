@@ -14,6 +14,8 @@ from typing import Any
 
 import msgspec
 
+from deploykit.celery import validate_build
+
 _decode_json = msgspec.json.Decoder().decode
 
 
@@ -46,6 +48,8 @@ class StoredHeaders(msgspec.Struct, gc=False):
     kwargsrepr: Any = None
     #: MIME type of the body's compression (``application/x-gzip``…), set by ``apply_async(compression=)``.
     compression: Any = None
+    #: The build id of the code that published the message (``deploykit.celery.HEADER``).
+    deploykit_build: Any = None
 
     @classmethod
     def from_mapping(cls, headers: Mapping[str, Any]) -> StoredHeaders:
@@ -81,6 +85,8 @@ class TaskHeaders:
     argsrepr: str | None
     kwargsrepr: str | None
     retries: int | None
+    #: The build that published the message (stamped by :mod:`deploykit.celery`); ``None``: unstamped.
+    build: str | None = None
 
 
 def task_headers(headers: StoredHeaders) -> TaskHeaders:
@@ -94,7 +100,18 @@ def task_headers(headers: StoredHeaders) -> TaskHeaders:
         argsrepr=_str_or_none(headers.argsrepr),
         kwargsrepr=_str_or_none(headers.kwargsrepr),
         retries=retries if isinstance(retries, int) and not isinstance(retries, bool) else None,
+        build=_build_or_none(headers.deploykit_build),
     )
+
+
+def _build_or_none(value: Any) -> str | None:
+    """A stamped build id, if it is a valid one (a message is untrusted input; it gets printed)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return validate_build(value)
+    except ValueError:
+        return None
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -6,7 +6,8 @@ malformed or missing reply as "unknown" (``None``, empty) instead of failing. Th
 Celery's (``celery/worker/control.py``):
 
 * ``stats``: a mapping with ``pid``, ``prefetch_count``, ``uptime`` and ``pool``
-  (``implementation``, ``max-concurrency``);
+  (``implementation``, ``max-concurrency``), and ``deploykit`` (``{"build": <id>}``) from a worker
+  whose app called :func:`deploykit.celery.install` with a build;
 * ``active_queues``: a list of ``kombu.Queue.as_dict()`` mappings;
 * ``active`` / ``reserved``: lists of request infos (``celery/worker/request.py``, ``Request.info``);
 * ``scheduled``: a list of ``{"eta", "priority", "request": <request info>}``;
@@ -24,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from deploykit.brokers.base import is_internal_queue
+from deploykit.celery import STATS_KEY, validate_build
 from deploykit.fleet.base import Replies
 from deploykit.messages import parse_time
 
@@ -75,6 +77,8 @@ class WorkerInfo:
     tasks: tuple[HeldTask, ...] = ()
     #: True when some of the inspect commands got no answer in time.
     partial: bool = False
+    #: The build id the worker advertises (:mod:`deploykit.celery`); ``None``: none, or unknown.
+    build: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,6 +87,17 @@ def worker_pid(stats: Any) -> int | None:
     """The worker's main process id from its ``stats`` reply."""
     pid = stats.get("pid") if isinstance(stats, Mapping) else None
     return pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+
+
+def worker_build(stats: Any) -> str | None:
+    """The build id a worker advertises in its ``stats`` reply (:data:`deploykit.celery.STATS_KEY`);
+    ``None`` when it advertises none or an invalid one (never trusted blindly: it is printed)."""
+    entry = stats.get(STATS_KEY) if isinstance(stats, Mapping) else None
+    build = entry.get("build") if isinstance(entry, Mapping) else None
+    try:
+        return validate_build(build)
+    except ValueError:
+        return None
 
 
 def _pool_name(implementation: Any) -> str | None:
@@ -245,4 +260,5 @@ def parse_worker(node: str, replies: Replies) -> WorkerInfo:
         celery_version=celery_version(replies.get("report", node)),
         tasks=tuple(_held_tasks(node, replies, declared)),
         partial=node in replies.missing,
+        build=worker_build(stats),
     )

@@ -116,6 +116,7 @@ def _worker(worker: WorkerInfo) -> Json:
         "scheduled": worker.scheduled,
         "uptime": worker.uptime,
         "celery_version": worker.celery_version,
+        "build": worker.build,
         "tasks": [_held_task(t) for t in worker.tasks],
         "partial": worker.partial,
     }
@@ -164,6 +165,7 @@ def _entry(entry: ScheduledEntry) -> Json:
         "args": entry.args,
         "kwargs": entry.kwargs,
         "hazards": [_hazard(h) for h in entry.hazards],
+        "build": entry.build,
     }
 
 

@@ -57,6 +57,7 @@ def render_workers(view: FleetView, out: Any) -> None:
             "eta",
             "uptime",
             "celery",
+            "build",
         ):
             table.add_column(
                 column, justify="right" if column in {"pid", "conc", "active", "reserved", "eta"} else "left"
@@ -73,6 +74,7 @@ def render_workers(view: FleetView, out: Any) -> None:
                 count(w.scheduled),
                 duration(w.uptime),
                 w.celery_version or "?",
+                w.build or "-",
             )
         out.print(table)
     if view.discovery.silent:
@@ -117,7 +119,18 @@ def render_queues(view: QueuesView, out: Any) -> None:
 def render_scheduled(view: ScheduledView, out: Any) -> None:
     if view.entries:
         table = _table(f"Scheduled (ETA/countdown) tasks: {len(view.entries)}")
-        for column in ("eta (UTC)", "in", "task", "id", "where", "queue", "args"):
+        # The build column only when some message read from the broker is stamped (deploykit.celery).
+        builds = any(e.build for e in view.entries)
+        for column in (
+            "eta (UTC)",
+            "in",
+            "task",
+            "id",
+            "where",
+            "queue",
+            "args",
+            *(("build",) if builds else ()),
+        ):
             table.add_column(column)
         for e in view.entries[:MAX_ROWS]:
             where = _WHERE.get(e.location, e.worker)
@@ -130,6 +143,7 @@ def render_scheduled(view: ScheduledView, out: Any) -> None:
                 where or "?",
                 e.queue or "?",
                 args,
+                *((e.build or "-",) if builds else ()),
             )
         out.print(table)
         if len(view.entries) > MAX_ROWS:

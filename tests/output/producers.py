@@ -47,6 +47,7 @@ def _worker(pid: int, *, active: tuple[Any, ...] = (), scheduled: tuple[Any, ...
             "uptime": 3725,
             "prefetch_count": 4,
             "pool": {"implementation": "celery.concurrency.prefork:TaskPool", "max-concurrency": 2},
+            "deploykit": {"build": "2026.12.01-abc123"},
         },
         "active_queues": [{"name": "celery", "exchange": {"name": "celery"}, "routing_key": "celery"}],
         "active": list(active),
@@ -57,7 +58,7 @@ def _worker(pid: int, *, active: tuple[Any, ...] = (), scheduled: tuple[Any, ...
 
 
 def _orphan(task_id: str, eta: datetime) -> RawMessage:
-    headers = StoredHeaders(id=task_id, task="t.late", eta=eta.isoformat())
+    headers = StoredHeaders(id=task_id, task="t.late", eta=eta.isoformat(), deploykit_build="2026.11.20-old")
     return RawMessage("unacked", "celery", headers, "", None, None, None, 0, delivery_tag=task_id)
 
 
