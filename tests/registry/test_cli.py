@@ -15,8 +15,16 @@ from deploykit.registry import publish_running_manifest
 from tests.output.shapes import validate
 
 
+def _runner() -> CliRunner:
+    """A runner that keeps stderr apart (click 8.1 needs ``mix_stderr=False``; 8.2 dropped it)."""
+    try:
+        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
+    except TypeError:
+        return CliRunner()
+
+
 def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, list(args), env={"DEPLOYKIT_BUILD": "", **(env or {})})
+    result = _runner().invoke(app, list(args), env={"DEPLOYKIT_BUILD": "", **(env or {})})
     return result.exit_code, result.stdout, result.stderr
 
 
