@@ -176,3 +176,16 @@ print(json.loads(redis.Redis.from_url({redis_url!r}).lrange("parked", 0, -1)[0])
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["2026.12.01-env", "2026.12.01-env"]
+
+
+def test_scheduled_shows_the_build_of_an_eta_message_in_the_broker(redis_url):
+    """No worker has taken them: the ETA messages are read from the queue, with their build."""
+    stamped, plain = _producer(redis_url, "A"), _producer(redis_url, None)
+    ids = {
+        stamped.send_task("tests.apps.basic.add", (1, 2), countdown=600).id: "A",
+        plain.send_task("tests.apps.basic.add", (3, 4), countdown=600).id: None,
+    }
+    doc = json.loads(deploykit("scheduled", "--json", "-b", redis_url).stdout)
+    assert {e["id"]: e["build"] for e in doc["scheduled"]} == ids
+    text = deploykit("scheduled", "-b", redis_url).stdout
+    assert "build" in text and [line for line in text.splitlines() if line.rstrip().endswith(" A")]
