@@ -68,6 +68,16 @@ TimeoutOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+BuildOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--build",
+        metavar="ID",
+        help="Only workers advertising this build (repeatable; with -w: both must match). A build no "
+        "live worker advertises is exit 2, naming the live builds.",
+        show_default=False,
+    ),
+]
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from deploykit.cli import app
 from deploykit.cli.common import (
     AppOpt,
     BrokerOpt,
+    BuildOpt,
     JsonOpt,
     ManagementOpt,
     Session,
@@ -84,6 +85,16 @@ RecordTtlOpt = Annotated[
     str,
     typer.Option(
         "--record-ttl", metavar="DURATION", help="Keep the record of cancelled consumers this long."
+    ),
+]
+ExpectBuildOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--expect-build",
+        metavar="ID",
+        help="A worker counts as back only when it advertises this build (the new release's "
+        "DEPLOYKIT_BUILD); one that comes back on another build, or none, is a failure (exit 1).",
+        show_default=False,
     ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No live progress on stderr.")]
@@ -188,6 +199,7 @@ def _report(result: _Outcome, *, json_: bool, document: Callable[[], Json], text
 def drain(
     ctx: typer.Context,
     worker: WorkerOpt = None,
+    build_ids: BuildOpt = None,
     queue: QueueOpt = None,
     timeout: DeadlineOpt = None,
     min_consumers: MinConsumersOpt = None,
@@ -233,7 +245,7 @@ def drain(
     (the workers stay quiet unless --rollback-on-timeout), 4 refused by --min-consumers (nothing
     changed), 69 no selected worker answers, 130 interrupted.
     """
-    from deploykit.orchestrate.common import Timing
+    from deploykit.orchestrate.common import Timing, validate_builds
     from deploykit.orchestrate.compat import incompatible_counter
     from deploykit.orchestrate.drain import DrainMachine, DrainOptions
     from deploykit.output.documents import drain_document
@@ -247,6 +259,7 @@ def drain(
                 "--until-empty cancels nothing: --min-consumers/--rollback-on-timeout do not apply"
             )
         options_timeout = _duration(timeout, "--timeout")
+        builds = validate_builds(build_ids or ())
         flags = merged_flags(ctx, app_, broker, management_url, None)
         with open_session(flags) as session:
             records = _records(session, record_ttl)
@@ -255,6 +268,7 @@ def drain(
             def build() -> DrainMachine:
                 options = DrainOptions(
                     workers=tuple(worker or ()),
+                    builds=builds,
                     queues=tuple(queue or ()),
                     timeout=options_timeout,
                     min_consumers=min_consumers,
@@ -293,6 +307,7 @@ def drain(
 def resume(
     ctx: typer.Context,
     worker: WorkerOpt = None,
+    build_ids: BuildOpt = None,
     forget_missing: Annotated[
         bool,
         typer.Option(
@@ -310,18 +325,26 @@ def resume(
 
     Exit codes: 0 resumed (or nothing to do), 69 some workers did not answer (their entries are kept).
     """
+    from deploykit.orchestrate.common import validate_builds
     from deploykit.orchestrate.resume import resume as run_resume
     from deploykit.output.documents import resume_document
     from deploykit.output.orchestrate import render_resume
 
     with handle_errors():
+        builds = validate_builds(build_ids or ())
         flags = merged_flags(ctx, app_, broker, management_url, None)
         with open_session(flags) as session:
             records = _records(session, record_ttl)
             try:
                 with interruptible():
                     result = run_resume(
-                        session.workers, records, tuple(worker or ()), forget_missing=forget_missing
+                        session.workers,
+                        records,
+                        tuple(worker or ()),
+                        forget_missing=forget_missing,
+                        builds=builds,
+                        broker=session.broker,
+                        control_exchange=session.control_exchange,
                     )
             finally:
                 records.close()
@@ -339,6 +362,7 @@ def resume(
 def shutdown(
     ctx: typer.Context,
     worker: WorkerOpt = None,
+    build_ids: BuildOpt = None,
     timeout: DeadlineOpt = None,
     quiet: QuietOpt = False,
     app_: AppOpt = None,
@@ -356,13 +380,14 @@ def shutdown(
     Exit codes: 0 done, 3 timed out (workers still answer, or messages not back yet), 69 no
     selected worker answers, 130 interrupted (a shutdown already sent is not taken back).
     """
-    from deploykit.orchestrate.common import Timing
+    from deploykit.orchestrate.common import Timing, validate_builds
     from deploykit.orchestrate.shutdown import ShutdownMachine, ShutdownOptions
     from deploykit.output.documents import shutdown_document
     from deploykit.output.orchestrate import render_shutdown
 
     with handle_errors():
         deadline = _duration(timeout, "--timeout") if timeout is not None else 60.0
+        builds = validate_builds(build_ids or ())
         flags = merged_flags(ctx, app_, broker, management_url, None)
         with open_session(flags) as session:
             display = _progress(quiet)
@@ -373,7 +398,10 @@ def shutdown(
 
             def build() -> ShutdownMachine:
                 options = ShutdownOptions(
-                    workers=tuple(worker or ()), timeout=deadline, control_exchange=session.control_exchange
+                    workers=tuple(worker or ()),
+                    builds=builds,
+                    timeout=deadline,
+                    control_exchange=session.control_exchange,
                 )
                 return ShutdownMachine(
                     session.workers,
@@ -399,6 +427,7 @@ def shutdown(
 def restart(
     ctx: typer.Context,
     worker: WorkerOpt = None,
+    build_ids: BuildOpt = None,
     batch: Annotated[
         int, typer.Option("--batch", metavar="N", min=1, help="Workers restarted at a time.")
     ] = 1,
@@ -437,6 +466,7 @@ def restart(
             help="A worker is back only when its registered task names equal this manifest's tasks.",
         ),
     ] = None,
+    expect_build: ExpectBuildOpt = None,
     drain_timeout: Annotated[
         str, typer.Option("--drain-timeout", metavar="DURATION", help="Per batch ('0' = no limit).")
     ] = "10m",
@@ -471,10 +501,11 @@ def restart(
     changed), 69 no selected worker answers, 130 interrupted.
     """
     from deploykit.orchestrate.adapters import ExecStarter, Starter, SupervisorStarter, parse_programs
-    from deploykit.orchestrate.common import Timing
+    from deploykit.orchestrate.common import Timing, validate_builds
     from deploykit.orchestrate.restart import RestartMachine, RestartOptions, manifest_task_names
     from deploykit.output.documents import restart_document
     from deploykit.output.orchestrate import render_restart
+    from deploykit.registry import validate_build
 
     with handle_errors():
         if (exec_ is None) == (supervisor is None):
@@ -488,6 +519,10 @@ def restart(
         expected = manifest_task_names(manifest) if manifest else None
         options = RestartOptions(
             workers=tuple(worker or ()),
+            builds=validate_builds(build_ids or ()),
+            expected_build=validate_build(expect_build, what="--expect-build build id")
+            if expect_build is not None
+            else None,
             batch=batch,
             min_consumers=min_consumers,
             drain_timeout=_duration(drain_timeout, "--drain-timeout"),
@@ -537,6 +572,7 @@ def deploy(
         ),
     ],
     worker: WorkerOpt = None,
+    build_ids: BuildOpt = None,
     expect_workers: Annotated[
         int | None,
         typer.Option("--expect-workers", metavar="N", min=1, help="Workers that must answer afterwards."),
@@ -545,6 +581,7 @@ def deploy(
         str | None,
         typer.Option("--manifest", metavar="FILE", help="New workers must register exactly these tasks."),
     ] = None,
+    expect_build: ExpectBuildOpt = None,
     wait_eta: Annotated[
         bool, typer.Option("--wait-eta", help="Drain also waits for ETA tasks due in time.")
     ] = False,
@@ -582,14 +619,19 @@ def deploy(
     (old workers are then stopped, their work back in the broker), 3 a step timed out, 69 no
     selected worker answers, 130 interrupted.
     """
-    from deploykit.orchestrate.common import Timing
+    from deploykit.orchestrate.common import Timing, validate_builds
     from deploykit.orchestrate.deploy import DeployMachine, DeployOptions, parse_command
     from deploykit.orchestrate.restart import manifest_task_names
     from deploykit.output.documents import deploy_document
     from deploykit.output.orchestrate import render_deploy
+    from deploykit.registry import validate_build
 
     with handle_errors():
         command = parse_command(run)
+        builds = validate_builds(build_ids or ())
+        expected_build = (
+            validate_build(expect_build, what="--expect-build build id") if expect_build is not None else None
+        )
         expected = manifest_task_names(manifest) if manifest else None
         drain_s = _duration(drain_timeout, "--drain-timeout")
         shutdown_s = _duration(shutdown_timeout, "--shutdown-timeout")
@@ -604,12 +646,14 @@ def deploy(
                 options = DeployOptions(
                     command=command,
                     workers=tuple(worker or ()),
+                    builds=builds,
                     drain_timeout=drain_s,
                     shutdown_timeout=shutdown_s,
                     command_timeout=run_s,
                     wait_timeout=wait_s,
                     expect_workers=expect_workers,
                     expected_tasks=expected,
+                    expected_build=expected_build,
                     wait_eta=wait_eta,
                     settle=parse_duration(settle, what="--settle"),
                     control_exchange=session.control_exchange,

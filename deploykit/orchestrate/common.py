@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deploykit.brokers.base import Broker
+from deploykit.errors import UsageError
 from deploykit.fleet.base import Fleet
-from deploykit.inspection import discover
+from deploykit.fleet.replies import WorkerInfo
+from deploykit.inspection import collect_fleet, discover
 
 #: How often the machines poll the workers: reaction time stays well under 0.5 s.
 DEFAULT_TICK = 0.2
@@ -60,11 +62,76 @@ def matches(node: str, patterns: Sequence[str]) -> bool:
 
 
 def select_workers(
-    fleet: Fleet, broker: Broker, patterns: Sequence[str], control_exchange: str = "celery"
+    fleet: Fleet,
+    broker: Broker,
+    patterns: Sequence[str],
+    control_exchange: str = "celery",
+    builds: Sequence[str] = (),
 ) -> tuple[list[str], list[str]]:
-    """(all online workers, the selected ones), both sorted."""
-    online = sorted(discover(fleet, broker, control_exchange).nodes)
-    return online, [node for node in online if matches(node, patterns)]
+    """(all online workers, the selected ones), both sorted.
+
+    With ``builds``, a worker is selected only when it also advertises one of them
+    (``WorkerInfo.build``, read from ``stats`` in the round trip of :func:`collect_fleet`); a
+    worker that does not answer ``stats`` advertises nothing and is never selected. A build no
+    live worker advertises is a :class:`UsageError` naming the live builds (:func:`require_live`).
+    """
+    if not builds:
+        online = sorted(discover(fleet, broker, control_exchange).nodes)
+        return online, [node for node in online if matches(node, patterns)]
+    view = collect_fleet(fleet, broker, control_exchange, commands={"stats": {}})
+    require_live(builds, view.workers)
+    online = sorted(w.hostname for w in view.workers)
+    wanted = set(builds)
+    chosen = {w.hostname for w in view.workers if w.build in wanted and matches(w.hostname, patterns)}
+    return online, [node for node in online if node in chosen]
+
+
+def selection_text(patterns: Sequence[str], builds: Sequence[str] = ()) -> str:
+    """``w1@*, w2 on build A, B``: the selection, for messages."""
+    text = ", ".join(patterns) if patterns else "any worker"
+    return text + (f" on build {', '.join(builds)}" if builds else "")
+
+
+def live_builds(workers: Sequence[WorkerInfo]) -> str:
+    """``A (w1@h, w2@h); B (w3@h); no build (w4@h)``: what each live worker advertises."""
+    by_build: dict[str, list[str]] = {}
+    for worker in workers:
+        key = worker.build if worker.build is not None else ""
+        by_build.setdefault(key, []).append(worker.hostname)
+    parts = [
+        f"{build or 'no build'} ({', '.join(sorted(nodes))})"
+        for build, nodes in sorted(by_build.items(), key=lambda item: (item[0] == "", item[0]))
+    ]
+    return "; ".join(parts) or "none (no worker answers)"
+
+
+def require_live(builds: Sequence[str], workers: Sequence[WorkerInfo]) -> None:
+    """A :class:`UsageError` (exit 2, nothing changed) when some of ``builds`` no live worker
+    advertises: a deploy script that names a build nobody runs (a typo, a build already retired)
+    learns it at once, with the builds that are live."""
+    advertised = {w.build for w in workers}
+    dead = [b for b in dict.fromkeys(builds) if b not in advertised]
+    if dead:
+        raise UsageError(
+            f"no live worker runs build {', '.join(repr(b) for b in dead)}; "
+            f"live builds: {live_builds(workers)}"
+        )
+
+
+def build_mismatch(advertised: str | None, expected: str) -> str | None:
+    """Why a worker advertising ``advertised`` is not back on ``expected``, or ``None`` when it is."""
+    if advertised == expected:
+        return None
+    if advertised is None:
+        return f"it advertises no build (expected {expected!r}: does its app call deploykit.celery.install?)"
+    return f"it runs build {advertised!r}, expected {expected!r}"
+
+
+def validate_builds(builds: Sequence[str], what: str = "--build") -> tuple[str, ...]:
+    """``builds`` checked by the registry's build id rule (a :class:`UsageError` names the bad one)."""
+    from deploykit.registry import validate_build
+
+    return tuple(dict.fromkeys(validate_build(build, what=f"{what} build id") for build in builds))
 
 
 #: Keys of ``Queue.as_dict()`` that ``add_consumer`` may pass on to ``Queue.from_dict`` (kombu).

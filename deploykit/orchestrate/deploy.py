@@ -11,8 +11,10 @@
 
 Stop-the-world: every selected worker is drained and shut down warmly (their held messages back in
 the broker, where the new release picks them up), then the deploy command runs, then deploykit
-waits until as many workers as it stopped answer again (with ``expected_tasks``: running the new
-code). The record of the drain is then cleared: the new processes consume their own queues.
+waits until as many workers as it stopped answer again (with ``expected_tasks``: registering the
+new code's tasks; with ``expected_build``: advertising the new build; a stopped worker that comes
+back on another build fails the deploy, other workers on other builds are not counted). The
+record of the drain is then cleared: the new processes consume their own queues.
 Run ``deploykit check`` before it to gate on signature changes.
 """
 
@@ -23,16 +25,19 @@ import shlex
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from deploykit.brokers.base import Broker
 from deploykit.brokers.records import RecordStore
 from deploykit.errors import DeploykitError, ExitCode
 from deploykit.fleet.base import Fleet
+from deploykit.fleet.replies import worker_build
 from deploykit.orchestrate.common import (
     Clockwork,
     Progress,
     ProgressCallback,
     Timing,
+    build_mismatch,
     matches,
     no_progress,
     select_workers,
@@ -69,6 +74,8 @@ TERMINAL = {
 class DeployOptions:
     command: tuple[str, ...]
     workers: tuple[str, ...] = ()
+    #: Only the workers advertising one of these builds are drained and stopped; empty = any build.
+    builds: tuple[str, ...] = ()
     drain_timeout: float | None = 600.0
     shutdown_timeout: float | None = 120.0
     command_timeout: float = 1800.0
@@ -76,6 +83,8 @@ class DeployOptions:
     #: Workers that must answer afterwards (default: as many as were stopped).
     expect_workers: int | None = None
     expected_tasks: frozenset[str] | None = None
+    #: The build the new workers must advertise to count (``--expect-build``).
+    expected_build: str | None = None
     wait_eta: bool = False
     #: Seconds between the warm shutdown being confirmed and the command: a worker's mailbox
     #: closes as its shutdown begins, the process itself exits a moment later.
@@ -126,6 +135,7 @@ class DeployMachine:
             records,
             DrainOptions(
                 workers=options.workers,
+                builds=options.builds,
                 timeout=options.drain_timeout,
                 wait_eta=options.wait_eta,
                 rollback_on_timeout=True,
@@ -248,12 +258,38 @@ class DeployMachine:
             self.fleet, self.broker, self.options.workers, self.options.control_exchange
         )
         online = [n for n in online if matches(n, self.options.workers)]
+        if self.options.builds:  # workers of other builds the drain left alone are not new workers
+            bystanders = set(self._drain.online) - set(self._drain.selected)
+            online = [n for n in online if n not in bystanders]
         elapsed = self.timing.clock() - self._wait_started
         ready = online
-        if online and self.options.expected_tasks is not None:
-            replies = self.fleet.gather({"registered": {}}, online)
+        commands: dict[str, dict[str, Any]] = {}
+        if self.options.expected_tasks is not None:
+            commands["registered"] = {}
+        if self.options.expected_build is not None:
+            commands["stats"] = {}
+        other_builds: list[str] = []
+        if online and commands:
+            replies = self.fleet.gather(commands, online)
             ready = []
             for node in online:
+                if self.options.expected_build is not None:
+                    if node not in replies.by_command.get("stats", {}):
+                        continue  # no answer yet: not counted, asked again next tick
+                    advertised = worker_build(replies.get("stats", node))
+                    wrong = build_mismatch(advertised, self.options.expected_build)
+                    if wrong and node in self.result_.stopped:
+                        self._end(
+                            DeployState.FAILED,
+                            f"{node} came back on the wrong build: {wrong}; it is not counted as back",
+                        )
+                        return
+                    if wrong:  # a worker this deploy did not stop (another build): not counted
+                        other_builds.append(node)
+                        continue
+                if self.options.expected_tasks is None:
+                    ready.append(node)
+                    continue
                 problem = task_mismatch(replies.get("registered", node), self.options.expected_tasks)
                 if problem is None:
                     ready.append(node)
@@ -278,10 +314,12 @@ class DeployMachine:
             )
             return
         if elapsed >= self.options.wait_timeout:
+            on_build = f" on build {self.options.expected_build!r}" if self.options.expected_build else ""
+            others = f" ({', '.join(other_builds)} run other builds)" if other_builds else ""
             self._end(
                 DeployState.TIMEOUT,
-                f"only {len(ready)} of {expected} worker(s) answer "
-                f"{self.options.wait_timeout:g}s after the deploy",
+                f"only {len(ready)} of {expected} worker(s) answer{on_build} "
+                f"{self.options.wait_timeout:g}s after the deploy{others}",
             )
             return
         self.timing.sleep(max(self.timing.tick, 0.5))

@@ -42,6 +42,7 @@ from deploykit.orchestrate.common import (
     add_consumer_arguments,
     no_progress,
     select_workers,
+    selection_text,
 )
 
 #: How long to wait for ``active_queues`` to show a cancel/add took effect (they run ``call_soon``).
@@ -88,6 +89,8 @@ class DrainOptions:
 
     #: Glob patterns of worker node names (``w1@*``, ``*@host``, ``w1``); empty = every worker.
     workers: tuple[str, ...] = ()
+    #: Only workers advertising one of these builds (and matching ``workers``); empty = any build.
+    builds: tuple[str, ...] = ()
     #: Queues to stop consuming; empty = every queue the selected workers consume.
     queues: tuple[str, ...] = ()
     #: Seconds; ``None`` waits forever.
@@ -301,10 +304,14 @@ class DrainMachine:
     # -- states -----------------------------------------------------------------------------
     def _select(self) -> None:
         self.online, selected = select_workers(
-            self.fleet, self.broker, self.options.workers, self.options.control_exchange
+            self.fleet,
+            self.broker,
+            self.options.workers,
+            self.options.control_exchange,
+            self.options.builds,
         )
         if not selected:
-            what = ", ".join(self.options.workers) if self.options.workers else "any worker"
+            what = selection_text(self.options.workers, self.options.builds)
             self.message = f"no selected worker answers ({what}; online: {', '.join(self.online) or 'none'})"
             self.state = DrainState.UNAVAILABLE
             return

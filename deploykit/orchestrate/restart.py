@@ -14,7 +14,8 @@
 A failed batch stops the rollout; later batches are untouched. ``--min-consumers`` is checked for
 every batch before anything changes (like a PodDisruptionBudget), and again by each batch's drain.
 A worker counts as back when its node name answers ``ping`` again and, with a manifest, its
-``registered`` task names equal the manifest's.
+``registered`` task names equal the manifest's; with an expected build, when it advertises that
+build (a worker that comes back on another build, or on none, fails the batch).
 """
 
 from __future__ import annotations
@@ -26,18 +27,20 @@ from typing import Any
 
 from deploykit.brokers.base import Broker
 from deploykit.brokers.records import RecordStore
-from deploykit.errors import DeploykitError, ExitCode
+from deploykit.errors import DeploykitError, ExitCode, UsageError
 from deploykit.fleet.base import Fleet
-from deploykit.fleet.replies import consumed_queues, registered_names, worker_pid
+from deploykit.fleet.replies import consumed_queues, registered_names, worker_build, worker_pid
 from deploykit.orchestrate.adapters import Starter, WorkerRef
 from deploykit.orchestrate.common import (
     Clockwork,
     Progress,
     ProgressCallback,
     Timing,
+    build_mismatch,
     listed_mailboxes,
     no_progress,
     select_workers,
+    selection_text,
 )
 from deploykit.orchestrate.drain import DrainMachine, DrainOptions
 from deploykit.orchestrate.shutdown import ShutdownMachine, ShutdownOptions, exact_patterns
@@ -80,6 +83,8 @@ _DRAIN_OUTCOME = {
 @dataclass(frozen=True)
 class RestartOptions:
     workers: tuple[str, ...] = ()
+    #: Only workers advertising one of these builds (and matching ``workers``); empty = any build.
+    builds: tuple[str, ...] = ()
     batch: int = 1
     min_consumers: int | None = None
     drain_timeout: float | None = 600.0
@@ -87,6 +92,8 @@ class RestartOptions:
     start_timeout: float = 120.0
     #: Task names the restarted workers must register (from ``--manifest``).
     expected_tasks: frozenset[str] | None = None
+    #: The build the restarted workers must advertise (``--expect-build``).
+    expected_build: str | None = None
     dry_run: bool = False
     #: Seconds between the confirmed warm shutdown and the start (the process finishes exiting
     #: after its mailbox closed); the supervisord adapter watches the process itself and needs none.
@@ -180,6 +187,8 @@ class RestartMachine:
         if handler is not None:
             try:
                 handler()
+            except UsageError:  # a wrong argument (a --build nobody runs): exit 2, nothing changed
+                raise
             except DeploykitError as exc:
                 self._fail(RestartState(_state_for(exc)), exc.message)
         return self.state
@@ -210,10 +219,15 @@ class RestartMachine:
     # -- states -----------------------------------------------------------------------------
     def _plan(self) -> None:
         online, selected = select_workers(
-            self.fleet, self.broker, self.options.workers, self.options.control_exchange
+            self.fleet,
+            self.broker,
+            self.options.workers,
+            self.options.control_exchange,
+            self.options.builds,
         )
         if not selected:
-            self.message = f"no selected worker answers ({', '.join(self.options.workers) or 'any worker'})"
+            what = selection_text(self.options.workers, self.options.builds)
+            self.message = f"no selected worker answers ({what})"
             self.state = RestartState.UNAVAILABLE
             return
         replies = self.fleet.gather({"stats": {}, "active_queues": {}}, online)
@@ -346,7 +360,17 @@ class RestartMachine:
             for restart in pending:
                 if restart.worker not in answered or restart.worker in replies.missing:
                     continue
-                restart.new_pid = worker_pid(replies.get("stats", restart.worker))
+                stats = replies.get("stats", restart.worker)
+                restart.new_pid = worker_pid(stats)
+                if self.options.expected_build is not None:
+                    wrong = build_mismatch(worker_build(stats), self.options.expected_build)
+                    if wrong:
+                        self._fail(
+                            RestartState.FAILED,
+                            f"{restart.worker} came back on the wrong build: {wrong}; "
+                            "it is not counted as back",
+                        )
+                        return
                 if self.options.expected_tasks is not None:
                     problem = task_mismatch(
                         replies.get("registered", restart.worker), self.options.expected_tasks

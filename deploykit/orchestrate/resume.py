@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from deploykit.brokers.base import Broker
 from deploykit.brokers.records import RecordStore
 from deploykit.errors import ExitCode
 from deploykit.fleet.base import Fleet
-from deploykit.orchestrate.common import Timing, matches
+from deploykit.orchestrate.common import Timing, matches, select_workers
 from deploykit.orchestrate.drain import ConsumerRef, restore_consumers
 
 
@@ -32,14 +33,34 @@ def resume(
     *,
     timing: Timing | None = None,
     forget_missing: bool = False,
+    builds: Sequence[str] = (),
+    broker: Broker | None = None,
+    control_exchange: str = "celery",
 ) -> ResumeResult:
     """Re-add the recorded consumers of the workers matching ``patterns``, then clear those entries.
 
     A worker that does not answer keeps its entries (``resume`` can run again later), unless
     ``forget_missing``: a worker that was restarted or replaced consumes its queues anew anyway.
+    With ``builds`` (needs ``broker``), only the entries of live workers advertising one of them:
+    a worker that does not answer has no known build and is left alone.
     """
     timing = timing or Timing()
     entries = [r for r in records.load() if matches(r.worker, patterns)]
+    if entries and builds:
+        if broker is None:
+            raise ValueError("resume(builds=...) needs the broker to find the workers")
+        _, selected = select_workers(fleet, broker, patterns, control_exchange, builds)
+        entries = [r for r in entries if r.worker in selected]
+        if not entries:
+            return ResumeResult(
+                "nothing-to-do",
+                int(ExitCode.OK),
+                f"no recorded consumer of a live worker on build {', '.join(builds)}",
+                (),
+                (),
+                (),
+                records.location,
+            )
     if not entries:
         return ResumeResult(
             "nothing-to-do", int(ExitCode.OK), "no recorded consumer to resume", (), (), (), records.location

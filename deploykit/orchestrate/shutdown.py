@@ -40,6 +40,7 @@ from deploykit.orchestrate.common import (
     listed_mailboxes,
     no_progress,
     select_workers,
+    selection_text,
 )
 
 #: Consecutive missed pings before a worker counts as gone.
@@ -74,6 +75,8 @@ TERMINAL = {
 @dataclass(frozen=True)
 class ShutdownOptions:
     workers: tuple[str, ...] = ()
+    #: Only workers advertising one of these builds (and matching ``workers``); empty = any build.
+    builds: tuple[str, ...] = ()
     timeout: float | None = 60.0
     control_exchange: str = "celery"
     #: Exact node names instead of patterns (used by ``restart``).
@@ -176,10 +179,15 @@ class ShutdownMachine:
             self.selected = sorted(self.fleet.ping(list(self.options.workers)))
         else:
             _, self.selected = select_workers(
-                self.fleet, self.broker, self.options.workers, self.options.control_exchange
+                self.fleet,
+                self.broker,
+                self.options.workers,
+                self.options.control_exchange,
+                self.options.builds,
             )
         if not self.selected:
-            self.message = f"no selected worker answers ({', '.join(self.options.workers) or 'any worker'})"
+            what = selection_text(self.options.workers, self.options.builds)
+            self.message = f"no selected worker answers ({what})"
             self.state = ShutdownState.UNAVAILABLE
             return
         self.state = ShutdownState.SNAPSHOT

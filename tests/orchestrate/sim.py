@@ -53,6 +53,8 @@ class SimWorker:
     #: Ignore cancel_consumer (a worker that does not ack).
     deaf_to_cancel: bool = False
     pid: int = 100
+    #: The build the worker advertises (``stats["deploykit"]["build"]``, like deploykit.celery's bootstep).
+    build: str | None = None
 
 
 class SimFleet(FakeFleet):
@@ -86,7 +88,7 @@ class SimFleet(FakeFleet):
                 if s == "scheduled"
             ]
         if command == "stats":
-            return {"pid": w.pid}
+            return {"pid": w.pid} if w.build is None else {"pid": w.pid, "deploykit": {"build": w.build}}
         if command == "ping":
             return {"ok": "pong"}
         if command == "registered":
