@@ -77,6 +77,25 @@ def document(report: Report, *, new: str, old: str | None, broker: str | None) -
         "oversized": dict(report.oversized),
         "undecidable_reasons": dict(report.undecidable_reasons.most_common()),
         "notes": report.notes,
+        "old_builds": old_builds_data(report),
+    }
+
+
+def old_builds_data(report: Report) -> dict[str, Any]:
+    """Stamped messages per build and how each build was judged (``manifest``: against its own
+    manifest from the registry; ``unknown``: as an unstamped message; ``unreadable``: its
+    registry entry is corrupt or newer, its messages undecidable)."""
+    builds = report.old_builds
+    if builds is None:
+        return {"registry": None, "stamped": 0, "unknown": 0, "builds": []}
+    return {
+        "registry": builds.registry,
+        "stamped": builds.stamped,
+        "unknown": builds.unknown,
+        "builds": [
+            {"build": c.build, "messages": c.messages, "old_side": c.status.value, "problem": c.problem}
+            for c in builds.rows()
+        ],
     }
 
 

@@ -13,6 +13,12 @@ chain or chord member):
 Memory does not grow with the number of messages: per (task, verdict) group we keep counters, the
 ETA range, three sample ids and the largest payloads.
 
+Each message is judged against the code that produced it when that is known: a message stamped
+with a ``deploykit_build`` header whose build has a manifest in the registry is judged with that
+manifest as the old side (:class:`OldBuilds`, one judge per build, loaded once per scan); an
+unstamped message, or one of a build the registry does not know, against the old manifest given
+(``--manifest``), if any.
+
 Beat schedule entries are judged the same way but counted apart: an entry is not a message (it
 becomes one at its next run), so ``Report.scanned`` and ``Report.totals`` count messages only and
 ``Report.beat_entries``/``Report.beat_totals`` count entries. What the scan could not read is
@@ -24,13 +30,14 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from deploykit.brokers.base import RawMessage
+from deploykit.errors import UsageError
 from deploykit.messages import StoredHeaders, parse_time
 from deploykit.scan.bind import CallChecker, TaskSpec
 from deploykit.scan.decode import (
@@ -71,6 +78,9 @@ SAMPLES = 3
 LARGEST = 3
 #: Call shapes whose outcome the judge remembers.
 MAX_SHAPES = 10_000
+#: Distinct builds whose manifest a scan looks up (and keeps a judge for); messages of further
+#: builds are judged as of an unknown build. The registry keeps 50 by default.
+MAX_BUILDS = 200
 
 
 @dataclass(frozen=True)
@@ -90,8 +100,13 @@ class Judge:
         new: Mapping[str, TaskSpec],
         old: Mapping[str, TaskSpec] | None = None,
         renames: Mapping[str, Mapping[str, str]] | None = None,
+        *,
+        builds: OldBuilds | None = None,
     ) -> None:
         self._new = new
+        #: The judges of stamped messages whose build has a manifest (``None``: every message is
+        #: judged by this judge, stamped or not).
+        self.builds = builds
         self._old = old
         #: Task -> {old parameter name: new name} for parameters renamed in place (the diff's
         #: PARAM_RENAMED pairs): a positional value that lands on the renamed parameter lands
@@ -163,6 +178,13 @@ class Judge:
                 )
         return _RUNS
 
+    def for_build(self, build: Any) -> Judge:
+        """The judge of a message stamped ``build`` (``None``: unstamped): that build's own when
+        the registry has its manifest, else this one."""
+        if build is None or self.builds is None:
+            return self
+        return self.builds.judge(build) or self
+
     def message(self, decoded: DecodedMessage) -> Outcome:
         if len(decoded.calls) == 1:
             return self.call(decoded.calls[0])
@@ -172,6 +194,133 @@ class Judge:
             if _SEVERITY[outcome.verdict] > _SEVERITY[worst.verdict]:
                 worst = outcome
         return worst
+
+
+class _Unreadable(Judge):
+    """The judge of a build whose registry entry cannot be trusted: every call is undecidable."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__({})
+        self._outcome = Outcome(Verdict.UNDECIDABLE, reason)
+
+    def call(self, call: TaskCall) -> Outcome:
+        return self._outcome
+
+    def plain(self, shape: Shape) -> Outcome:
+        return self._outcome
+
+    def message(self, decoded: DecodedMessage) -> Outcome:
+        return self._outcome
+
+
+#: Loads the judge of a build from the registry: ``None`` when it has no manifest for the build;
+#: raises :class:`~deploykit.errors.UsageError` when its entry is corrupt or from a newer deploykit.
+BuildLoader = Callable[[str], "Judge | None"]
+
+
+class BuildStatus(str, Enum):
+    __hash__ = str.__hash__
+
+    #: Judged against the build's manifest from the registry.
+    MANIFEST = "manifest"
+    #: The registry has no manifest for it (or there is no registry): judged as unstamped.
+    UNKNOWN = "unknown"
+    #: Its registry entry is corrupt or from a newer deploykit: its messages are undecidable.
+    UNREADABLE = "unreadable"
+
+
+@dataclass
+class BuildCount:
+    """Messages of one build, and how they were judged."""
+
+    build: str
+    status: BuildStatus
+    messages: int = 0
+    #: Why the build's entry could not be used (``UNREADABLE``).
+    problem: str | None = None
+
+
+class OldBuilds:
+    """The old side of each stamped message: the manifest of its build, from the registry.
+
+    Each build's manifest is loaded at most once per scan, when its first message is met, and
+    its judge (with its own outcome caches: the fast path's cache is keyed by build, then
+    shape) is kept for the rest of the scan; at most :data:`MAX_BUILDS` builds are looked up.
+    Counts the messages of each build for the report.
+    """
+
+    def __init__(self, load: BuildLoader | None, *, registry: str | None = None, problem: str | None = None):
+        self._load = load
+        #: Where the registry is (for humans), or ``None`` when there is none.
+        self.registry = registry
+        #: Why there is no registry (when there is none and it matters).
+        self.problem = problem
+        self._judges: dict[str, Judge | None] = {}
+        self.counts: dict[str, BuildCount] = {}
+        #: Stamped messages beyond :data:`MAX_BUILDS` builds, or with a header that is no string.
+        self.other = 0
+
+    def judge(self, build: Any) -> Judge | None:
+        """The judge of a message stamped ``build``; ``None``: judge it as an unstamped message."""
+        count = self.counts.get(build) if type(build) is str else None
+        if count is None:
+            if type(build) is not str or len(self.counts) >= MAX_BUILDS:
+                self.other += 1
+                return None
+            count = self.counts[build] = self._resolve(build)
+        count.messages += 1
+        return self._judges[build]
+
+    def _resolve(self, build: str) -> BuildCount:
+        judge: Judge | None = None
+        status, problem = BuildStatus.UNKNOWN, None
+        if self._load is not None:
+            try:
+                judge = self._load(build)
+            except UsageError as exc:  # a corrupt or future entry: never guessed at
+                problem = exc.message
+                judge, status = _Unreadable(f"build {build!r}: {problem}"), BuildStatus.UNREADABLE
+            else:
+                status = BuildStatus.MANIFEST if judge is not None else BuildStatus.UNKNOWN
+        self._judges[build] = judge
+        return BuildCount(build, status, problem=problem)
+
+    @property
+    def stamped(self) -> int:
+        return sum(c.messages for c in self.counts.values()) + self.other
+
+    def messages(self, status: BuildStatus) -> int:
+        return sum(c.messages for c in self.counts.values() if c.status is status)
+
+    @property
+    def unknown(self) -> int:
+        """Stamped messages judged as unstamped ones: their build has no manifest (or beyond the
+        bound, or a header that is no build id)."""
+        return self.messages(BuildStatus.UNKNOWN) + self.other
+
+    def rows(self) -> list[BuildCount]:
+        """Every build met, the most messages first."""
+        return sorted(self.counts.values(), key=lambda c: (-c.messages, c.build))
+
+    def summary(self, old: str | None) -> str | None:
+        """One line: messages judged per old build, of an unknown build, undecidable per build
+        (``old``: what unstamped messages were judged against); ``None`` when none is stamped."""
+        if not self.stamped:
+            return None
+        judged = [c for c in self.rows() if c.status is BuildStatus.MANIFEST]
+        parts = []
+        if judged:
+            shown = ", ".join(f"{c.build} {c.messages}" for c in judged[:5])
+            more = f" +{len(judged) - 5} more build(s)" if len(judged) > 5 else ""
+            parts.append(f"judged against their build's manifest: {shown}{more}")
+        if self.unknown:
+            against = f"judged against {old}" if old else "no old side"
+            where = f"registry: {self.registry}" if self.registry else f"no registry: {self.problem}"
+            parts.append(f"{self.unknown} of an unknown build ({against}; {where})")
+        for c in self.rows():
+            if c.status is BuildStatus.UNREADABLE:
+                parts.append(f"{c.messages} of build {c.build} undecidable (its registry entry is unusable)")
+        return f"stamped messages ({self.stamped}): " + "; ".join(parts)
 
 
 def _slot_key(slot: str) -> str:
@@ -255,6 +404,8 @@ class Report:
         self.scanned = 0
         self.beat_entries = 0
         self.unchecked: list[Unchecked] = []
+        #: The builds of stamped messages and how each was judged (``None``: not tracked).
+        self.old_builds: OldBuilds | None = None
 
     @property
     def totals(self) -> Counter[Verdict]:
@@ -423,28 +574,39 @@ def judge_raw(raws: Iterable[RawMessage], location: str, judge: Judge, report: R
     """Decode, judge and count stored messages: the scan's hot loop, with no per-message wrapper."""
     add = report.add
     outcomes = judge.plain_outcomes
+    builds = judge.builds
+    if builds is not None:
+        report.old_builds = builds
     for raw in raws:
+        headers = raw.headers
+        build = headers.deploykit_build
+        # Unstamped (the usual case today): this judge; stamped: the judge of its build, whose
+        # outcome cache is its own (the cache is keyed by build, then shape).
+        by = judge if build is None or builds is None else builds.judge(build) or judge
         shape = plain_call_shape(raw)
         if shape is not None:
-            task_id = raw.headers.id
-            outcome = outcomes.get(shape) or judge.plain(shape)
-            add(location, raw.headers, raw.size, shape[0], task_id if type(task_id) is str else None, outcome)
+            task_id = headers.id
+            outcome = (outcomes if by is judge else by.plain_outcomes).get(shape) or by.plain(shape)
+            add(location, headers, raw.size, shape[0], task_id if type(task_id) is str else None, outcome)
             continue
         decoded = decode(raw)
         if isinstance(decoded, Undecodable):
             outcome = Outcome(Verdict.UNDECIDABLE, decoded.reason)
         else:
-            outcome = judge.message(decoded)
-        add(location, raw.headers, raw.size, decoded.task_name, decoded.task_id, outcome)
+            outcome = by.message(decoded)
+        add(location, headers, raw.size, decoded.task_name, decoded.task_id, outcome)
 
 
 def scan(items: Iterable[Item], judge: Judge, report: Report) -> Report:
     """Judge every item into ``report``."""
+    if judge.builds is not None:
+        report.old_builds = judge.builds
     for item in items:
         decoded = item.decoded
+        by = judge.for_build(item.headers.deploykit_build)
         if isinstance(decoded, Undecodable):
             outcome = Outcome(Verdict.UNDECIDABLE, decoded.reason)
         else:
-            outcome = judge.message(decoded)
+            outcome = by.message(decoded)
         report.add_item(item, outcome)
     return report

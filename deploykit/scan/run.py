@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from queue import Full, Queue
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deploykit.brokers.base import Broker, ReadRefusal, ReadRefused, StoredPage
+from deploykit.errors import UsageError
 from deploykit.fleet.base import Fleet
 from deploykit.inspection import app_queue_names, discover
 from deploykit.manifest.builtins import builtin_tasks
@@ -28,8 +29,20 @@ from deploykit.messages import NO_HEADERS
 from deploykit.output.humanize import listed
 from deploykit.scan.bind import Param, TaskSpec
 from deploykit.scan.decode import DecodedMessage, TaskCall, _shape_from_repr
-from deploykit.scan.engine import Item, Judge, Report, Unchecked, judge_raw, scan
+from deploykit.scan.engine import (
+    BuildStatus,
+    Item,
+    Judge,
+    OldBuilds,
+    Report,
+    Unchecked,
+    judge_raw,
+    scan,
+)
 from deploykit.scan.sources import beat_items, django_beat_items, worker_items
+
+if TYPE_CHECKING:
+    from deploykit.registry import ManifestRegistry
 
 Progress = Callable[[int, float], None]
 
@@ -128,9 +141,10 @@ def read_ahead(pages: Iterator[StoredPage], depth: int = 2) -> Iterator[StoredPa
         reader.join(timeout=5)
 
 
-def build_judge(new: Manifest, old: Manifest | None) -> Judge:
+def build_judge(new: Manifest, old: Manifest | None, *, builds: OldBuilds | None = None) -> Judge:
     """A judge for ``new`` code (plus Celery's built-in tasks, which every worker registers),
-    with ``old`` for misbinding: parameters renamed in place (``PARAM_RENAMED``) bind as before."""
+    with ``old`` for misbinding: parameters renamed in place (``PARAM_RENAMED``) bind as before;
+    with ``builds``, stamped messages of a build in the registry are judged against its manifest."""
     renames = {}
     if old is not None:
         for name, before in old.tasks.items():
@@ -139,7 +153,28 @@ def build_judge(new: Manifest, old: Manifest | None) -> Judge:
             if pairs:
                 renames[name] = pairs
     specs = {**task_specs(builtin_tasks()), **task_specs(new)}
-    return Judge(specs, task_specs(old) if old is not None else None, renames)
+    return Judge(specs, task_specs(old) if old is not None else None, renames, builds=builds)
+
+
+def registry_builds(
+    registry: ManifestRegistry | None, new: Manifest, *, problem: str | None = None
+) -> OldBuilds:
+    """The old side of stamped messages: each build's manifest from ``registry``, read when the
+    build's first message is met (once per scan); without a registry (``problem`` says why),
+    every stamped message counts as of an unknown build."""
+    if registry is None:
+        return OldBuilds(None, problem=problem)
+    from deploykit.registry import validate_build
+
+    def load(build: str) -> Judge | None:
+        try:
+            validate_build(build)
+        except UsageError:  # no registry entry can have this name: an unknown build
+            return None
+        manifest = registry.get(build)  # UsageError: corrupt, or from a newer deploykit
+        return build_judge(new, manifest) if manifest is not None else None
+
+    return OldBuilds(load, registry=registry.location)
 
 
 _PEEK = "pass --peek to sample it through the management API (requeues, marks redelivered)"
@@ -169,6 +204,7 @@ def run_scan(
     peek: PeekOptions | None = None,
     oversize: int = 1024 * 1024,
     progress: Progress | None = None,
+    old_builds: OldBuilds | None = None,
 ) -> Report:
     """Judge every waiting message; the report says what was read and what could not be.
 
@@ -182,7 +218,7 @@ def run_scan(
     so a failing entry is reported once; django-celery-beat rows not in it are still scanned.
     """
     report = Report(now, oversize)
-    judge = build_judge(new, old)
+    judge = build_judge(new, old, builds=old_builds)
     seen_ids: set[str] = set()
 
     tick = _ticker(report, progress)
@@ -296,10 +332,13 @@ def scan_waiting(
     peek: PeekOptions | None = None,
     oversize: int = 1024 * 1024,
     progress: Progress | None = None,
+    old_builds: OldBuilds | None = None,
 ) -> Report:
     """``deploykit scan`` and ``check --broker``: :func:`run_scan` over :func:`queues_to_scan`
-    and, with a ``fleet``, the workers online; without ``old``, a note that misbinding (reordered
-    parameters) cannot be detected."""
+    and, with a ``fleet``, the workers online; with ``old_builds`` (:func:`registry_builds`),
+    stamped messages judged against their build's manifest, and a line counting them per build;
+    without ``old``, a note that misbinding (reordered parameters) cannot be detected in the
+    messages not judged against their build's manifest."""
     names = queues_to_scan(broker, new, app, given=queues, peek=peek is not None)
     nodes: list[str] = []
     if fleet is not None:
@@ -318,9 +357,22 @@ def scan_waiting(
         peek=peek,
         oversize=oversize,
         progress=progress,
+        old_builds=old_builds,
     )
+    builds = report.old_builds
+    summary = builds.summary("the old manifest (--manifest)" if old is not None else None) if builds else None
+    if summary:
+        report.notes.append(summary)
     if old is None:
-        report.notes.append("no old manifest given (--manifest): reordered parameters cannot be detected")
+        judged = 0
+        if builds is not None:
+            judged = builds.messages(BuildStatus.MANIFEST) + builds.messages(BuildStatus.UNREADABLE)
+        note = "no old manifest given (--manifest): reordered parameters cannot be detected"
+        if not judged:
+            report.notes.append(note)
+        elif report.scanned > judged:
+            rest = report.scanned - judged
+            report.notes.append(f"{note} in the {rest} message(s) without their build's manifest")
     return report
 
 

@@ -249,6 +249,6 @@ def probe() -> Any:
 
 
 def scan() -> Any:
-    from tests.scan.test_output import report
+    from tests.scan.test_output import stamped_report
 
-    return report()
+    return stamped_report()

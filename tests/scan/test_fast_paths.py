@@ -212,3 +212,77 @@ def test_read_ahead_stops_its_reader_when_the_caller_stops() -> None:
     next(reader)
     reader.close()
     assert threading.active_count() == before
+
+
+# --- stamped messages: the old side is the manifest of the message's build --------------------
+
+
+def _builds_judge() -> Judge:
+    """A judge whose stamped messages of build ``old`` are judged against OLD, of ``bad`` are
+    undecidable (an unusable registry entry), of any other build (and unstamped) without an old
+    side."""
+    from deploykit.errors import UsageError
+    from deploykit.scan.engine import OldBuilds
+
+    def load(build: str) -> Judge | None:
+        if build == "bad":
+            raise UsageError("registry entry of build 'bad' is corrupt (not JSON)")
+        return Judge(NEW, OLD) if build == "old" else None
+
+    return Judge(NEW, builds=OldBuilds(load))
+
+
+def stamped_envelope(payload: Any, build: Any, task: str = "notify") -> bytes:
+    headers = {"lang": "py", "task": task, "id": "id-1", "eta": None, "retries": 0}
+    if build is not None:
+        headers["deploykit_build"] = build
+    return envelope(payload, task=task, headers=headers)
+
+
+def general_stamped(data: bytes, judge: Judge) -> Outcome:
+    """The general path for a stamped message: decode(), then the judge of its build."""
+    message = raw_from_envelope("ready", "celery", data, _loads(data))
+    by = judge.for_build(message.headers.deploykit_build)
+    decoded = decode(message)
+    if isinstance(decoded, Undecodable):
+        return Outcome(Verdict.UNDECIDABLE, decoded.reason)
+    return by.message(decoded)
+
+
+BUILDS = [None, "old", "other", "bad", 7]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    build=st.sampled_from(BUILDS),
+    task=st.sampled_from(["notify", "bank.transfer", "report", "legacy"]),
+    args=st.lists(json_values, max_size=4),
+    kwargs=st.dictionaries(st.sampled_from(["user", "channel", "period", "amount"]), json_values),
+)
+def test_any_stamped_plain_call_gets_the_general_verdict_of_its_build(
+    build: Any, task: str, args: list[Any], kwargs: dict[str, Any]
+) -> None:
+    data = stamped_envelope([args, kwargs, EMBED], build, task)
+    expected = general_stamped(data, _builds_judge())
+    report = Report(NOW, 10**6)
+    judge_raw(parse_ready("celery", [data]), "queue:celery", _builds_judge(), report)
+    assert verdict_of(report) == (expected.verdict, expected.reason)
+
+
+def test_the_shape_cache_is_keyed_by_build() -> None:
+    """One shape, three builds, one scan: each build's verdict, whatever was cached first."""
+    shapes = [stamped_envelope([["a", "b", 1], {}, EMBED], build, "bank.transfer") for build in BUILDS]
+    judge = _builds_judge()
+    report = Report(NOW, 10**6)
+    judge_raw(parse_ready("celery", shapes * 3), "queue:celery", judge, report)
+    for data in shapes:
+        expected = general_stamped(data, _builds_judge())
+        single = Report(NOW, 10**6)
+        judge_raw(parse_ready("celery", [data]), "queue:celery", _builds_judge(), single)
+        assert verdict_of(single) == (expected.verdict, expected.reason)
+    assert {v: n for v, n in report.totals.items() if n} == {
+        Verdict.RUNS: 9,  # unstamped, "other" (no manifest), 7 (not a build id): no old side
+        Verdict.MISBOUND: 3,  # "old": against OLD
+        Verdict.UNDECIDABLE: 3,  # "bad": its registry entry is corrupt
+    }
+    assert judge.builds is not None and judge.builds.stamped == 12 and judge.builds.unknown == 6

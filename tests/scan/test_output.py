@@ -153,3 +153,56 @@ def test_text_blocks_worst_first():
         "UNSAFE  13 message(s) checked: 0 runs, 0 misbound, 12 fails, 0 discarded, 1 undecidable; "
         "1 beat entry: 1 runs"
     )
+
+
+def stamped_report() -> Report:
+    """:func:`report` plus messages stamped with builds: one with its manifest in the registry,
+    one unknown to it, one whose entry is corrupt."""
+    from deploykit.errors import UsageError
+    from deploykit.manifest.model import Manifest, Parameter, Task
+    from deploykit.scan.engine import OldBuilds
+
+    pok = "POSITIONAL_OR_KEYWORD"
+    old = Manifest(tasks={"t.notify": Task("t.notify", (Parameter("channel", pok), Parameter("user", pok)))})
+
+    def load(build: str) -> Judge | None:
+        if build == "c3":
+            raise UsageError("registry entry of build 'c3' is corrupt (not JSON)")
+        return Judge(task_specs(NEW), task_specs(old)) if build == "a1" else None
+
+    result = report()
+    judge = Judge(task_specs(NEW), builds=OldBuilds(load, registry="memory"))
+    items = [
+        Item(
+            "queue:celery",
+            StoredHeaders(id=f"s{i}", deploykit_build=build),
+            10,
+            DecodedMessage(f"s{i}", "t.notify", (TaskCall("t.notify", (1, "sms"), {}),), None),
+        )
+        for i, build in enumerate(["a1", "a1", "b2", "c3"])
+    ]
+    return scan(items, judge, result)
+
+
+def test_json_document_counts_the_messages_of_each_build():
+    doc = out.document(stamped_report(), new="app proj", old=None, broker=None)
+    assert doc["old_builds"] == {
+        "registry": "memory",
+        "stamped": 4,
+        "unknown": 1,
+        "builds": [
+            {"build": "a1", "messages": 2, "old_side": "manifest", "problem": None},
+            {"build": "b2", "messages": 1, "old_side": "unknown", "problem": None},
+            {
+                "build": "c3",
+                "messages": 1,
+                "old_side": "unreadable",
+                "problem": "registry entry of build 'c3' is corrupt (not JSON)",
+            },
+        ],
+    }
+    # a1's against its manifest (reordered), b2's (unknown) as unstamped ones, c3's undecidable.
+    assert (doc["totals"]["misbound"], doc["totals"]["undecidable"]) == (2, 2)
+    assert doc["totals"]["runs"] == 1
+    plain = out.document(report(), new="app proj", old=None, broker=None)
+    assert plain["old_builds"] == {"registry": None, "stamped": 0, "unknown": 0, "builds": []}
