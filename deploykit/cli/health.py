@@ -16,6 +16,7 @@ from deploykit.cli import app
 from deploykit.cli.common import (
     AppOpt,
     BrokerOpt,
+    BuildOpt,
     JsonOpt,
     ManagementOpt,
     TimeoutOpt,
@@ -211,31 +212,40 @@ def probe(
         ConfirmVia,
         typer.Option("--confirm-via", help="auto: the result backend when usable, else task events."),
     ] = ConfirmVia.auto,
+    build_ids: BuildOpt = None,
     app_: AppOpt = None,
     broker: BrokerOpt = None,
     management_url: ManagementOpt = None,
     reply_timeout: ReplyTimeoutOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Send a probe task through each queue and wait until a worker has really run it."""
+    """Send a probe task through each queue and wait until a worker has really run it.
+
+    With --build, only the queues the workers of those builds consume (a probe goes to whichever
+    consumer takes it: one that ran on another build is said in a note).
+    """
     from deploykit.brokers import open_broker
     from deploykit.fleet import control_exchange, open_fleet
     from deploykit.inspection import app_queue_names, collect_queues
+    from deploykit.orchestrate.common import validate_builds
     from deploykit.probe import consumers_of, run_probe
+    from deploykit.probe.core import for_builds, judged_for_builds
     from deploykit.userapp import bare_app
 
     with handle_errors():
         deadline = parse_duration(timeout, what="--timeout")
         if deadline <= 0:
             raise UsageError("--timeout must be greater than 0")
+        builds = validate_builds(build_ids or ())
         flags = merged_flags(ctx, app_, broker, management_url, reply_timeout)
         settings, user_app = resolve(flags, need_app=bool(flags.app))
         use_redactor(settings)
         with open_broker(settings) as opened_broker:
             fleet = open_fleet(settings, user_app)
             try:
-                fleet_view = consumers_of(fleet, opened_broker, control_exchange(user_app))
+                fleet_view = consumers_of(fleet, opened_broker, control_exchange(user_app), builds)
                 view = collect_queues(opened_broker, fleet_view, app_queue_names(user_app), queue or ())
+                rows = for_builds(view.queues, fleet_view.workers, builds) if builds else view.queues
                 probe_app = user_app
                 if probe_app is None:
                     assert settings.broker_url is not None
@@ -243,7 +253,7 @@ def probe(
                 report = run_probe(
                     user_app,
                     fleet,
-                    view.queues,
+                    rows,
                     requested=queue or (),
                     workers=[w.hostname for w in fleet_view.workers],
                     timeout=deadline,
@@ -251,6 +261,8 @@ def probe(
                     display_url=settings.masked_broker_url or "",
                     probe_app=probe_app,
                 )
+                if builds:
+                    report = judged_for_builds(report, fleet_view.workers, builds)
             finally:
                 fleet.close()
         if not report.results:

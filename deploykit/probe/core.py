@@ -17,8 +17,9 @@ from typing import Any, Protocol
 from deploykit.brokers.urls import NON_STORING_BACKENDS, backend_scheme
 from deploykit.errors import UsageError
 from deploykit.fleet.base import Fleet
-from deploykit.fleet.replies import acknowledged, refused
+from deploykit.fleet.replies import WorkerInfo, acknowledged, refused
 from deploykit.inspection import FleetView, QueueRow, collect_fleet
+from deploykit.orchestrate.common import require_live
 
 PROBE_ID_PREFIX = "deploykit-probe-"
 #: Serializers whose decoding cannot run code; results and events are read with these only.
@@ -141,10 +142,69 @@ def workers_without_results(confs: Mapping[str, Any]) -> list[str]:
     return lacking
 
 
-def consumers_of(fleet: Fleet, broker: Any, control_exchange: str = "celery") -> FleetView:
+def consumers_of(
+    fleet: Fleet, broker: Any, control_exchange: str = "celery", builds: Sequence[str] = ()
+) -> FleetView:
     """The online workers and the queues they consume — and nothing else, so that a readiness
-    check stays fast even when workers hold thousands of reserved or ETA tasks."""
-    return collect_fleet(fleet, broker, control_exchange, commands={"active_queues": {}})
+    check stays fast even when workers hold thousands of reserved or ETA tasks.
+
+    With ``builds``, ``stats`` is asked in the same round trip (the build each worker advertises)
+    and a build no live worker advertises is a :class:`UsageError` naming the live builds.
+    """
+    commands: dict[str, dict[str, Any]] = {"active_queues": {}}
+    if builds:
+        commands["stats"] = {}
+    view = collect_fleet(fleet, broker, control_exchange, commands=commands)
+    if builds:
+        require_live(builds, view.workers)
+    return view
+
+
+def for_builds(
+    rows: Sequence[QueueRow], workers: Sequence[WorkerInfo], builds: Sequence[str]
+) -> list[QueueRow]:
+    """``rows`` as the workers of ``builds`` serve them: a queue's consumers are those workers only
+    (so ``probe --build B`` probes the queues B consumes, and a requested queue no worker of B
+    consumes fails as ``no-consumers``)."""
+    wanted = set(builds)
+    serving: dict[str, list[str]] = {}
+    for worker in workers:
+        if worker.build in wanted:
+            for queue in worker.queues:
+                serving.setdefault(queue, []).append(worker.hostname)
+    return [
+        replace(
+            row,
+            consumers=len(serving.get(row.name, ())),
+            consumers_source="workers",
+            consumer_workers=tuple(sorted(serving.get(row.name, ()))),
+        )
+        for row in rows
+    ]
+
+
+def judged_for_builds(
+    report: ProbeReport, workers: Sequence[WorkerInfo], builds: Sequence[str]
+) -> ProbeReport:
+    """Say where a probe ran on a worker outside ``builds``: a queue that workers of other builds
+    also consume cannot be probed on one build only (a probe goes to whichever consumer takes it),
+    so such a probe proves the queue works, not that the selected build serves it."""
+    build_of = {w.hostname: w.build for w in workers}
+    wanted = set(builds)
+    notes = list(report.notes)
+    results = []
+    for result in report.results:
+        if result.processed and result.worker is not None and build_of.get(result.worker) not in wanted:
+            other = build_of.get(result.worker)
+            notes.append(
+                f"the probe of {result.queue} ran on {result.worker} "
+                f"({f'build {other}' if other else 'no build'}), not on build {', '.join(builds)}: "
+                "workers of other builds consume it too"
+            )
+        if result.status == "no-consumers" and result.detail == "no worker consumes it":
+            result = replace(result, detail=f"no worker on build {', '.join(builds)} consumes it")
+        results.append(result)
+    return replace(report, results=tuple(results), notes=tuple(notes))
 
 
 class Prober(Protocol):

@@ -257,6 +257,7 @@ def test_deploy_without_build_selection_times_out_naming_workers_on_other_builds
         ["drain", "--build", "a/b"],
         ["resume", "--build", ""],
         ["shutdown", "--build", "x\ty"],
+        ["probe", "--build", "a/b"],
         ["restart", "--exec", "true", "--expect-build", "a/b"],
         ["deploy", "--run", "true", "--build", "A", "--expect-build", ".."],
     ],
@@ -266,3 +267,55 @@ def test_cli_refuses_an_invalid_build_id_in_one_line_before_connecting(args):
     assert done.returncode == 2, done.stderr
     assert "build id" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+# -- probe ------------------------------------------------------------------------------------
+def test_probe_by_build_probes_only_the_queues_that_build_consumes():
+    from deploykit.inspection import collect_queues
+    from deploykit.probe.core import consumers_of, for_builds, select_queues
+
+    clock = FakeClock()
+    fleet = mixed(clock)
+    fake = broker(fleet)
+    view = consumers_of(fleet, fake, builds=("B",))
+    assert fleet.commands("gather") == [(["active_queues", "stats"], ["w1@h", "w2@h", "w3@h", "w4@h"])]
+    assert {w.hostname: w.build for w in view.workers} == {
+        "w1@h": "A",
+        "w2@h": "A",
+        "w3@h": "B",
+        "w4@h": None,
+    }
+    rows = for_builds(collect_queues(fake, view).queues, view.workers, ("B",))
+    by_name = {r.name: r for r in rows}
+    assert by_name["celery"].consumers == 1 and by_name["celery"].consumer_workers == ("w3@h",)
+    assert by_name["emails"].consumers == 0
+    probed, unserved = select_queues(rows, [])
+    assert [r.name for r in probed] == ["celery"] and unserved == []
+    probed, unserved = select_queues(rows, ["emails"])
+    assert probed == [] and [u.status for u in unserved] == ["no-consumers"]
+    with pytest.raises(UsageError, match="no live worker runs build 'C'"):
+        consumers_of(fleet, fake, builds=("C",))
+
+
+def test_a_probe_that_ran_on_another_build_is_said():
+    from deploykit.probe.core import ProbeReport, ProbeResult, consumers_of, judged_for_builds
+
+    clock = FakeClock()
+    fleet = mixed(clock)
+    workers = consumers_of(fleet, broker(fleet), builds=("B",)).workers
+    report = ProbeReport(
+        (
+            ProbeResult("celery", "processed", worker="w1@h", latency=0.1),
+            ProbeResult("fast", "processed", worker="w3@h", latency=0.1),
+            ProbeResult("emails", "no-consumers", detail="no worker consumes it"),
+        ),
+        "events",
+        5.0,
+        0.2,
+    )
+    judged = judged_for_builds(report, workers, ("B",))
+    assert judged.notes == (
+        "the probe of celery ran on w1@h (build A), not on build B: workers of other builds consume it too",
+    )
+    assert judged.results[2].detail == "no worker on build B consumes it"
+    assert [r.status for r in judged.results] == ["processed", "processed", "no-consumers"]
