@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+
 import pytest
 import redis
 
@@ -70,3 +74,75 @@ def test_drain_resume_and_shutdown_by_build(redis_url, start_workers):
     assert client.hlen("unacked") == 0 and client.llen("emails") == 1
     assert b1.alive()
     assert list(control(redis_url).ping(destination=["b1@dk"], timeout=2)[0]) == ["b1@dk"]
+
+
+def test_restart_counts_a_worker_back_only_on_the_expected_build(redis_url, start_workers, tmp_path):
+    start_workers(
+        redis_url, [("a1@dk", ("celery",))], app="tests.apps.stamped", env={"DEPLOYKIT_TEST_BUILD": "A"}
+    )
+    start_workers(
+        redis_url, [("old@dk", ("celery",))], app="tests.apps.stamped", env={"DEPLOYKIT_TEST_BUILD": "O"}
+    )
+
+    def template(build: str) -> str:
+        return (
+            f"sh -c 'DEPLOYKIT_TEST_BUILD={build} DEPLOYKIT_TEST_BROKER={redis_url} exec {sys.executable} "
+            "-m celery -A tests.apps.stamped worker -n {nodename} -Q {queues} -c 1 --without-mingle "
+            f"--without-gossip -f {tmp_path}/{{name}}.log > /dev/null 2>&1 &'"
+        )
+
+    new_pids: list[int] = []
+    try:
+        # the new release (build B): a1 comes back on B, old@dk (build O) is not touched
+        proc = deploykit(
+            redis_url,
+            "restart",
+            "--build",
+            "A",
+            "--exec",
+            template("B"),
+            "--expect-build",
+            "B",
+            "--json",
+            timeout=120,
+        )
+        doc = result_json(proc)
+        assert proc.returncode == 0, proc.stderr
+        assert doc["status"] == "done" and doc["restarted"] == ["a1@dk"]
+        new_pids.append(doc["batches"][0]["restarts"][0]["new_pid"])
+
+        # a deploy that did not roll out: the worker comes back on B where C was expected
+        proc = deploykit(
+            redis_url,
+            "restart",
+            "--build",
+            "B",
+            "--exec",
+            template("B"),
+            "--expect-build",
+            "C",
+            "--json",
+            timeout=120,
+        )
+        doc = result_json(proc)
+        new_pids.append(doc["batches"][0]["restarts"][0]["new_pid"])
+        assert proc.returncode == 1, proc.stderr
+        assert doc["status"] == "failed" and doc["restarted"] == []
+        assert (
+            "a1@dk came back on the wrong build: it runs build 'B', expected 'C'; it is not counted as back"
+            in proc.stderr
+        )
+        workers = result_json(deploykit(redis_url, "workers", "--json"))["workers"]
+        assert {w["hostname"]: w["build"] for w in workers} == {"a1@dk": "B", "old@dk": "O"}
+    finally:
+        for pid in new_pids:
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        wait_for(
+            lambda: not (control(redis_url).ping(destination=["a1@dk"], timeout=0.5) or []),
+            timeout=30,
+            interval=0.5,
+        )
