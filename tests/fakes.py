@@ -5,7 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from deploykit.brokers.base import Broker, BrokerSettings, DelayedStore, QueueReport, QueueStats, RawMessage
+from deploykit.brokers.base import (
+    Broker,
+    BrokerSettings,
+    DelayedStore,
+    QueueReport,
+    QueueStats,
+    RawMessage,
+    ReadRefusal,
+    ReadRefused,
+    StoredPage,
+)
+from deploykit.brokers.envelope import parse_ready
 from deploykit.fleet.base import Fleet, Replies
 
 
@@ -25,6 +36,8 @@ class FakeBroker(Broker):
         notes: Sequence[str] = (),
         source: str = "fake",
         shows_unacked: bool | None = None,
+        ready: Mapping[str, Sequence[bytes]] | None = None,
+        peekable: Mapping[str, Sequence[RawMessage]] | None = None,
     ) -> None:
         super().__init__("fake://")
         self.kind = kind  # type: ignore[misc]
@@ -39,6 +52,10 @@ class FakeBroker(Broker):
         self.notes = tuple(notes)
         self.source = source
         self.asked: list[list[str]] = []
+        #: Stored envelopes per queue, read in pages like Redis lists (``None``: no read in place).
+        self.ready = None if ready is None else {q: list(items) for q, items in ready.items()}
+        #: Messages ``peek_messages`` returns per queue (``None``: peeking refused).
+        self.peekable = None if peekable is None else {q: list(m) for q, m in peekable.items()}
 
     def known_queues(self) -> list[str]:
         return list(self.known)
@@ -50,6 +67,23 @@ class FakeBroker(Broker):
 
     def unacked_messages(self) -> Iterator[RawMessage]:
         return iter(self.unacked)
+
+    def iter_pages(self, queue: str, *, batch: int = 1000) -> Iterator[StoredPage]:
+        if self.ready is None:
+            return super().iter_pages(queue, batch=batch)
+        items = self.ready.get(queue, [])
+        return iter(
+            [StoredPage(queue, items[i : i + batch], parse_ready) for i in range(0, len(items), batch)]
+        )
+
+    def peek_messages(
+        self, queue: str, limit: int, *, allow_quorum: bool = False
+    ) -> tuple[list[RawMessage], str]:
+        if self.peekable is None:
+            return super().peek_messages(queue, limit, allow_quorum=allow_quorum)
+        if queue not in self.peekable:
+            raise ReadRefused(f"no queue {queue}", ReadRefusal.UNKNOWN_QUEUE, queue)
+        return self.peekable[queue][:limit], "requeued (fake)"
 
     def worker_mailboxes(self, control_exchange: str = "celery") -> list[str] | None:
         return self.mailboxes

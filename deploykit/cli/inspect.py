@@ -1,9 +1,12 @@
-"""Read commands: ``workers``, ``queues``, ``scheduled``, ``status``."""
+"""Read commands: ``workers``, ``queues``, ``scheduled``, ``status``, ``builds``."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -21,6 +24,10 @@ from deploykit.cli.common import (
 )
 from deploykit.config import parse_duration
 from deploykit.errors import ExitCode
+
+if TYPE_CHECKING:
+    from deploykit.brokers.base import Broker
+    from deploykit.registry import RegistryEntry
 
 
 @app.command()
@@ -158,3 +165,112 @@ def status(
             render_status(view, console())
         if fail_if_busy and view.verdict.busy:
             raise typer.Exit(int(ExitCode.UNSAFE))
+
+
+@app.command()
+def builds(
+    ctx: typer.Context,
+    queue: Annotated[
+        list[str] | None,
+        typer.Option("--queue", "-Q", metavar="QUEUE", help="Only these queues (repeatable)."),
+    ] = None,
+    peek: Annotated[
+        bool,
+        typer.Option(
+            "--peek", help="Sample RabbitMQ queues through the management API (requeues: sets redelivered)."
+        ),
+    ] = False,
+    peek_limit: Annotated[
+        int, typer.Option("--peek-limit", metavar="N", help="Messages to peek per queue.")
+    ] = 100,
+    force: Annotated[
+        bool, typer.Option("--force", help="Allow --peek on quorum queues (reorders them).")
+    ] = False,
+    registry: Annotated[
+        Path | None,
+        typer.Option(
+            "--registry",
+            metavar="DIR",
+            envvar="DEPLOYKIT_REGISTRY",
+            help="Read the manifest registry from this directory instead of the broker "
+            "[env: DEPLOYKIT_REGISTRY].",
+            show_default=False,
+            show_envvar=False,
+        ),
+    ] = None,
+    app_: AppOpt = None,
+    broker: BrokerOpt = None,
+    management_url: ManagementOpt = None,
+    timeout: TimeoutOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Every live build: its workers, its waiting messages by location, the latest ETA, whether its
+    manifest is known, and its state (active, draining, drained).
+
+    Exit 0; 5 when some waiting messages could not be read (RabbitMQ without --peek, beyond
+    --peek-limit), so their builds are not counted; 69 when the broker cannot be reached.
+    """
+    from deploykit.builds import collect_builds
+    from deploykit.celery import installed_build
+    from deploykit.errors import UsageError
+    from deploykit.inspection import collect_fleet
+    from deploykit.manifest.model import Manifest
+    from deploykit.scan.run import queues_to_scan
+
+    with handle_errors():
+        if peek_limit < 1:
+            raise UsageError("--peek-limit must be at least 1")
+        flags = merged_flags(ctx, app_, broker, management_url, timeout)
+        with (
+            open_session(flags) as session,
+            _registry_entries(session.broker, registry) as (entries, location),
+        ):
+            fleet_view = collect_fleet(session.workers, session.broker, session.control_exchange)
+            names = queues_to_scan(session.broker, Manifest({}), session.app, given=queue or (), peek=peek)
+            view = collect_builds(
+                session.broker,
+                fleet_view,
+                queues=names,
+                registry=entries,
+                registry_location=location,
+                app=session.app,
+                app_build=installed_build(session.app) if session.app is not None else None,
+                peek=(peek_limit, force) if peek else None,
+            )
+        if json_:
+            from deploykit.output.documents import builds_document
+
+            emit_json(builds_document(view, broker=session.settings.masked_broker_url))
+        else:
+            from deploykit.output.builds import render_builds
+            from deploykit.output.text import console
+
+            render_builds(view, console())
+        if view.incomplete:
+            raise typer.Exit(int(ExitCode.INCOMPLETE))
+
+
+@contextlib.contextmanager
+def _registry_entries(
+    broker: Broker, directory: Path | None
+) -> Iterator[tuple[Callable[[], Sequence[RegistryEntry]], str | None]]:
+    """The registry's listing and where it lives; a broker with no place for one gives a listing
+    that raises why (``builds`` says it in a note and leaves the manifests unknown)."""
+    from deploykit.brokers.manifest_store import open_manifest_store
+    from deploykit.errors import UsageError
+    from deploykit.registry import ManifestRegistry
+
+    try:
+        store = open_manifest_store(broker, directory=directory)
+    except UsageError as problem:
+        no_store = problem
+
+        def refuse() -> list[RegistryEntry]:
+            raise no_store
+
+        yield refuse, None
+        return
+    try:
+        yield ManifestRegistry(store).entries, store.location
+    finally:
+        store.close()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from deploykit.brokers.base import BrokerSettings, DelayedStore
+    from deploykit.builds import BuildRow, BuildsView
     from deploykit.fleet.base import Discovery
     from deploykit.fleet.replies import HeldTask, WorkerInfo
     from deploykit.inspection import (
@@ -64,6 +65,7 @@ SCHEMAS: Mapping[str, int] = {
     "rules": 1,
     "publish": 1,
     "registry": 1,
+    "builds": 1,
 }
 
 Json = dict[str, Any]
@@ -478,4 +480,42 @@ def registry_document(entries: Sequence[RegistryEntry], *, registry: str) -> Jso
         "schema": schema_name("registry"),
         "registry": registry,
         "builds": [_registry_entry(e) for e in entries],
+    }
+
+
+# -- builds -----------------------------------------------------------------------------------
+def _build_row(row: BuildRow) -> Json:
+    messages = row.messages
+    return {
+        "build": row.build,
+        "kind": row.kind,
+        "state": row.state,
+        "workers": list(row.workers),
+        "messages": {
+            "total": messages.total,
+            "queues": dict(messages.queues),
+            "unacked": messages.unacked,
+            "held": dict(messages.held),
+            "delayed": messages.delayed,
+            "beat": messages.beat,
+        },
+        "latest_eta": _time(row.latest_eta),
+        "manifest": row.manifest,
+    }
+
+
+def builds_document(view: BuildsView, *, broker: str | None) -> Json:
+    """``deploykit builds --json``."""
+    return {
+        **envelope("builds", broker),
+        "complete": not view.incomplete,
+        "builds": [_build_row(row) for row in view.rows],
+        "unread": [
+            {"location": u.location, "messages": u.messages, "reason": u.reason, "remedy": u.remedy}
+            for u in view.unread
+        ],
+        "read": view.read,
+        "queues": list(view.queues),
+        "registry": view.registry,
+        "notes": list(view.notes),
     }

@@ -91,6 +91,12 @@ def _registry(tmp: Path, kind: str) -> dict[str, Any]:
     return d.registry_document(registry.entries(), registry=registry.location)
 
 
+def _builds() -> dict[str, Any]:
+    from tests.unit.test_builds import golden_view
+
+    return d.builds_document(golden_view(), broker=B)
+
+
 #: golden name -> the document, built from a core result.
 PRODUCERS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "workers": lambda _: d.workers_document(p.workers(), broker=B),
@@ -111,6 +117,7 @@ PRODUCERS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "rules": lambda _: _rules(),
     "publish": lambda tmp: _registry(tmp, "publish"),
     "registry": lambda tmp: _registry(tmp, "registry"),
+    "builds": lambda _: _builds(),
 }
 
 
