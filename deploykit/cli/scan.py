@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -25,8 +27,9 @@ from deploykit.config import CliFlags
 from deploykit.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
+    from deploykit.brokers.base import Broker
     from deploykit.manifest.model import Manifest
-    from deploykit.scan.engine import Report
+    from deploykit.scan.engine import OldBuilds, Report
 
 FORMATS = ("text", "json", "github")
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2}
@@ -81,12 +84,17 @@ def scan_broker(
     oversize: int,
     new_manifest: Manifest | None = None,
     beat_schedule: bool = True,
+    registry: Path | None = None,
 ) -> tuple[Report, Compared]:
     """Open the broker (and the fleet), run :func:`deploykit.scan.run.scan_waiting`; returns the
     report and what it compared, for the renderers.
 
     Shared by ``deploykit scan`` and ``deploykit check --broker`` (which judges the app's
     ``beat_schedule`` with its manifest rules: ``beat_schedule=False``).
+
+    Stamped messages are judged against their build's manifest from the registry in
+    ``registry`` (default ``$DEPLOYKIT_REGISTRY``), else in the broker; a broker with no place for
+    it only means those builds are unknown (said in the output).
     """
     from deploykit.cli.common import open_session
     from deploykit.manifest.collect import snapshot
@@ -110,26 +118,54 @@ def scan_broker(
             rate = count / elapsed if elapsed else 0.0
             sys.stderr.write(f"deploykit: scanned {count} messages ({rate:,.0f}/s)\n")
 
-        report = scan_waiting(
-            session.broker,
-            new=new,
-            old=old,
-            app=session.app,
-            queues=queues or (),
-            fleet=session.fleet,
-            control_exchange=session.control_exchange,
-            include_beat=beat,
-            beat_schedule=beat_schedule,
-            peek=PeekOptions(peek_limit, force) if peek else None,
-            oversize=oversize,
-            progress=progress,
-        )
+        with _registry_builds(session.broker, registry, new) as old_builds:
+            report = scan_waiting(
+                session.broker,
+                new=new,
+                old=old,
+                app=session.app,
+                queues=queues or (),
+                fleet=session.fleet,
+                control_exchange=session.control_exchange,
+                include_beat=beat,
+                beat_schedule=beat_schedule,
+                peek=PeekOptions(peek_limit, force) if peek else None,
+                oversize=oversize,
+                progress=progress,
+                old_builds=old_builds,
+            )
         compared = Compared(
             new=f"manifest {against}" if against is not None else f"app {session.settings.app}",
             old=str(old_manifest) if old_manifest is not None else None,
             broker=session.settings.masked_broker_url,
         )
     return report, compared
+
+
+@contextlib.contextmanager
+def _registry_builds(broker: Broker, directory: Path | None, new: Manifest) -> Iterator[OldBuilds]:
+    """The old side of stamped messages: the registry in ``directory`` (else
+    ``$DEPLOYKIT_REGISTRY``), else the broker's; a broker with no place for one (or RabbitMQ
+    without the management API) leaves every build unknown, and the output says why."""
+    import os
+
+    from deploykit.brokers.manifest_store import open_manifest_store
+    from deploykit.registry import ManifestRegistry
+    from deploykit.scan.run import registry_builds
+
+    if directory is None and os.environ.get("DEPLOYKIT_REGISTRY"):
+        directory = Path(os.environ["DEPLOYKIT_REGISTRY"])
+    try:
+        store = open_manifest_store(broker, directory=directory)
+    except UsageError as exc:
+        if directory is not None:
+            raise
+        yield registry_builds(None, new, problem=exc.message)
+        return
+    try:
+        yield registry_builds(ManifestRegistry(store), new)
+    finally:
+        store.close()
 
 
 @app.command()
@@ -167,6 +203,17 @@ def scan(
     force: Annotated[
         bool, typer.Option("--force", help="Allow --peek on quorum queues (reorders them).")
     ] = False,
+    registry: Annotated[
+        Path | None,
+        typer.Option(
+            "--registry",
+            metavar="DIR",
+            envvar="DEPLOYKIT_REGISTRY",
+            help="The manifest registry's directory, for messages stamped with their build (default: "
+            "the broker's registry) [env: DEPLOYKIT_REGISTRY].",
+            show_default=False,
+        ),
+    ] = None,
     oversize: Annotated[
         str,
         typer.Option("--oversize", metavar="SIZE", help="Flag payloads larger than this (e.g. 512k, 1m)."),
@@ -204,6 +251,7 @@ def scan(
             peek_limit=peek_limit,
             force=force,
             oversize=size,
+            registry=registry,
         )
         render_scan(report, compared, fmt)
         raise typer.Exit(int(scan_exit_code(report)))
