@@ -241,9 +241,9 @@ def drain(
     Every cancelled consumer is recorded in the broker first, so `deploykit resume` undoes exactly
     this drain, from any machine. Ctrl-C/SIGTERM re-adds them and exits 130.
 
-    Exit codes: 0 drained, 1 a worker failed (did not confirm the cancel, or vanished), 3 timed out
-    (the workers stay quiet unless --rollback-on-timeout), 4 refused by --min-consumers (nothing
-    changed), 69 no selected worker answers, 130 interrupted.
+    Exit codes: 0 drained, 1 a worker failed (did not confirm the cancel, or vanished), 2 usage (a
+    --build no live worker runs), 3 timed out (the workers stay quiet unless --rollback-on-timeout),
+    4 refused by --min-consumers (nothing changed), 69 no selected worker answers, 130 interrupted.
     """
     from deploykit.orchestrate.common import Timing, validate_builds
     from deploykit.orchestrate.compat import incompatible_counter
@@ -323,7 +323,8 @@ def resume(
 ) -> None:
     """Re-add exactly the consumers `drain` cancelled (as recorded in the broker), then clear the record.
 
-    Exit codes: 0 resumed (or nothing to do), 69 some workers did not answer (their entries are kept).
+    Exit codes: 0 resumed (or nothing to do), 2 usage (a --build no live worker runs), 69 some
+    workers did not answer (their entries are kept).
     """
     from deploykit.orchestrate.common import validate_builds
     from deploykit.orchestrate.resume import resume as run_resume
@@ -377,8 +378,9 @@ def shutdown(
     fall back) and are counted. There is no
     cold shutdown or kill: those lose running tasks that are not acks_late.
 
-    Exit codes: 0 done, 3 timed out (workers still answer, or messages not back yet), 69 no
-    selected worker answers, 130 interrupted (a shutdown already sent is not taken back).
+    Exit codes: 0 done, 2 usage (a --build no live worker runs), 3 timed out (workers still answer,
+    or messages not back yet), 69 no selected worker answers, 130 interrupted (a shutdown already
+    sent is not taken back).
     """
     from deploykit.orchestrate.common import Timing, validate_builds
     from deploykit.orchestrate.shutdown import ShutdownMachine, ShutdownOptions
@@ -497,7 +499,8 @@ def restart(
     A failed batch stops the rollout; the workers of later batches are untouched.
 
     Exit codes: 0 restarted (or plan printed), 1 a start failed or a worker came back with other
-    tasks than --manifest, 2 usage, 3 a step timed out, 4 --min-consumers forbids a batch (nothing
+    tasks than --manifest or another build than --expect-build, 2 usage (a --build no live worker
+    runs), 3 a step timed out, 4 --min-consumers forbids a batch (nothing
     changed), 69 no selected worker answers, 130 interrupted.
     """
     from deploykit.orchestrate.adapters import ExecStarter, Starter, SupervisorStarter, parse_programs
@@ -615,9 +618,10 @@ def deploy(
     Stop-the-world (for a rolling release use `restart`). Run `deploykit check` first to gate on
     signature changes.
 
-    Exit codes: 0 deployed, 1 the command failed or new workers run other tasks than --manifest
-    (old workers are then stopped, their work back in the broker), 3 a step timed out, 69 no
-    selected worker answers, 130 interrupted.
+    Exit codes: 0 deployed, 1 the command failed, new workers run other tasks than --manifest, or a
+    stopped worker came back on another build than --expect-build (old workers are then stopped,
+    their work back in the broker), 2 usage (a --build no live worker runs), 3 a step timed out,
+    69 no selected worker answers, 130 interrupted.
     """
     from deploykit.orchestrate.common import Timing, validate_builds
     from deploykit.orchestrate.deploy import DeployMachine, DeployOptions, parse_command
