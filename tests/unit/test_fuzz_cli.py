@@ -419,6 +419,7 @@ BROKER_COMMANDS = [
     ["queues"],
     ["scheduled"],
     ["status"],
+    ["builds"],
     ["scan", "--against", "valid.json"],
     ["drain", "-q"],
     ["resume"],
