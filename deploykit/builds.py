@@ -309,12 +309,13 @@ def _count_held(broker: Broker, fleet: FleetView, tally: _Tally) -> list[Unread]
             tally.unknown_held[task.worker] += 1
             if task.eta is not None and (tally.unknown_eta is None or task.eta > tally.unknown_eta):
                 tally.unknown_eta = task.eta
-    if fleet.partial:
+    silent = sorted({*fleet.partial, *fleet.discovery.silent})
+    if silent:
         return [
             Unread(
                 "workers",
                 None,
-                f"held by workers that did not answer ({', '.join(fleet.partial)})",
+                f"held by workers that did not answer ({', '.join(silent)})",
                 "retry with a longer --timeout",
             )
         ]
@@ -379,6 +380,11 @@ def collect_builds(
             notes.append(beat_note)
     else:
         notes.append("beat entries not counted: give the app with -A to count its beat_schedule")
+    if fleet.discovery.silent:
+        notes.append(
+            f"workers not answering (mailbox still on the broker): {', '.join(fleet.discovery.silent)}: "
+            "their builds are unknown"
+        )
     manifests, registry_notes = _registry(registry)
     notes += registry_notes
     if tally.invalid:

@@ -309,3 +309,12 @@ def test_the_golden_view_has_every_kind_of_row() -> None:
     ]
     assert by_build(view)["old"].messages.delayed == 1 and by_build(view)["A"].messages.beat == 1
     assert [u.location for u in view.unread] == ["queue:celery"]
+
+
+@pytest.mark.parametrize(("kind", "unread"), [("redis", []), ("rabbitmq", ["workers"])])
+def test_a_worker_whose_mailbox_is_listed_but_does_not_answer_is_said(kind: str, unread: list[str]) -> None:
+    fake = FakeBroker(kind=kind, mailboxes=["a@h", "gone@h"], ready={} if kind == "redis" else None)
+    view = run(fake, FakeFleet({"a@h": worker("A"), "gone@h": worker("B")}, silent=["gone@h"]), queues=[])
+    assert [u.location for u in view.unread] == unread
+    assert any("gone@h: their builds are unknown" in note for note in view.notes)
+    assert [row.build for row in view.rows] == ["A"]
