@@ -92,7 +92,7 @@ def _registry(tmp: Path, kind: str) -> dict[str, Any]:
 
 
 def _builds() -> dict[str, Any]:
-    from tests.unit.test_builds import golden_view
+    from tests.unit.test_builds_core import golden_view
 
     return d.builds_document(golden_view(), broker=B)
 
