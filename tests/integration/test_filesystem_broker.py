@@ -63,6 +63,9 @@ def test_worker_holding_eta_tasks_keeps_answering_and_files_are_read_in_place(st
         app.close()
 
 
+# In `make test-faults`: a timing pin of Celery's own behaviour (an 8 s task blocking the loop), which
+# missed its window twice when it ran at the end of the parallel `make test` on a loaded machine.
+@pytest.mark.faults
 def test_worker_stops_answering_while_a_runnable_task_waits_for_a_busy_pool(start_workers, fs_options):
     """The reported limitation, pinned down: not prefetch or ETA tasks, but the blocking pool.
 
