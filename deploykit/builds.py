@@ -21,22 +21,22 @@ not answer) is reported as unread, with the broker's count, and makes the result
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
-from deploykit.brokers.base import Broker, RawMessage, ReadRefusal, ReadRefused, is_delayed_queue
+from deploykit.brokers.base import Broker, RawMessage, StoredPage, is_delayed_queue
 from deploykit.brokers.envelope import parse_ready
 from deploykit.celery import validate_build
 from deploykit.errors import DeploykitError
 from deploykit.inspection import FleetView
 from deploykit.messages import parse_time
 from deploykit.registry import RegistryEntry
+from deploykit.scan.run import PeekOptions, queue_notes, read_queues, unchecked_counts
 
 #: Row kinds: a build id, the messages/workers without a stamp, tasks whose build cannot be read.
 BUILD, UNSTAMPED, UNKNOWN = "build", "unstamped", "unknown"
@@ -216,75 +216,30 @@ def _stamp_of(message: RawMessage) -> _Stamp:
     return _Stamp(message.headers.deploykit_build, message.headers.eta)
 
 
-_PEEK = "pass --peek to sample it through the management API (requeues, marks redelivered)"
-_NOTHING_WAITS = (ReadRefusal.UNKNOWN_QUEUE, ReadRefusal.NOT_A_TASK_QUEUE)
-
-
 def _count_queues(
     broker: Broker,
     queues: Sequence[str],
     tally: _Tally,
-    peek: tuple[int, bool] | None,
+    peek: PeekOptions | None,
 ) -> tuple[list[Unread], list[str], list[str]]:
-    """Read every queue (pages, or peeked): the unread ones, the queues read, and notes."""
-    unread: dict[str, tuple[str, str]] = {}
-    peeked: dict[str, int] = {}
-    read: list[str] = []
-    notes: list[str] = []
-    for queue in dict.fromkeys(queues):
+    """Read every queue as the scan does (pages, or peeked): the unread ones, the queues read,
+    and notes."""
+
+    def count_pages(queue: str, pages: Iterator[StoredPage]) -> None:
         location = "delayed" if is_delayed_queue(queue) else "queue"
-        try:
-            pages = iter(broker.iter_pages(queue))
-            first = next(pages, None)
-        except ReadRefused:
-            if peek is None:
-                unread[queue] = (f"{broker.kind} has no non-destructive read", _PEEK)
-                continue
-            try:
-                messages, effect = broker.peek_messages(queue, peek[0], allow_quorum=peek[1])
-            except ReadRefused as refused:
-                if refused.reason in _NOTHING_WAITS:
-                    continue
-                if refused.reason is ReadRefusal.QUORUM_QUEUE:
-                    unread[queue] = ("a quorum queue, not peeked", "add --force to --peek (reorders it)")
-                else:
-                    unread[queue] = (refused.message, "read them with the broker's own tools")
-                continue
-            tally.stamps(location, queue, (_stamp_of(m) for m in messages))
-            peeked[queue] = len(messages)
-            read.append(queue)
-            notes.append(f"peeked {len(messages)} message(s) of {queue}: {effect}")
-            continue
-        read.append(queue)
-        for page in itertools.chain((first,) if first is not None else (), pages):
+        for page in pages:
             tally.stamps(location, queue, _page_stamps(page.queue, page.items, page.parser))
-    missing: list[Unread] = []
-    if unread or peeked:
-        stats = broker.queue_stats([*unread, *peeked])
-        waiting = {
-            row.name: (row.ready if row.exists and row.queue_type != "stream" else 0) for row in stats.queues
-        }
-        for queue, (reason, remedy) in unread.items():
-            if waiting.get(queue) != 0:  # an empty (or absent) queue hides nothing
-                missing.append(Unread(f"queue:{queue}", waiting.get(queue), reason, remedy))
-        for queue, number in peeked.items():
-            ready = waiting.get(queue)
-            left = None if ready is None else max(0, ready - number)
-            if left != 0 and peek is not None:
-                missing.append(
-                    Unread(f"queue:{queue}", left, f"beyond --peek-limit {peek[0]}", "raise --peek-limit")
-                )
-        delayed = stats.delayed
-        if delayed is not None and delayed.messages != 0 and not set(delayed.queues) & set(read):
-            missing.append(
-                Unread(
-                    "delayed:" + ",".join(delayed.queues[:1]) + ("…" if len(delayed.queues) > 1 else ""),
-                    delayed.messages,
-                    "ETA tasks in RabbitMQ's native delayed-delivery queues, not read",
-                    _PEEK.replace("sample it", "sample them"),
-                )
-            )
-    return missing, read, notes
+
+    def count_peeked(queue: str, messages: Sequence[RawMessage]) -> None:
+        location = "delayed" if is_delayed_queue(queue) else "queue"
+        tally.stamps(location, queue, (_stamp_of(m) for m in messages))
+
+    reads = read_queues(broker, queues, peek, count_pages, count_peeked)
+    read = [*reads.readable, *reads.peeked]
+    missing = [
+        Unread(u.location, u.count, u.reason, u.remedy) for u in unchecked_counts(broker, reads, peek, queues)
+    ]
+    return missing, read, queue_notes(reads.readable, reads.peeked, reads.peek_effects, reads.nothing_waits)
 
 
 def _count_held(broker: Broker, fleet: FleetView, tally: _Tally) -> list[Unread]:
@@ -360,14 +315,14 @@ def collect_builds(
     registry_location: str | None = None,
     app: Any = None,
     app_build: str | None = None,
-    peek: tuple[int, bool] | None = None,
+    peek: PeekOptions | None = None,
 ) -> BuildsView:
     """Count every waiting message of ``queues`` (and those workers hold) by the build that
     produced it, and put each build's workers and registry entry next to it.
 
     ``registry`` lists the registry's entries (``ManifestRegistry.entries``); ``None``: not read.
     ``app``: the app given with ``-A``, whose beat entries count as ``app_build`` (its installed
-    build). ``peek``: ``(limit, allow_quorum)`` to sample queues that have no non-destructive read.
+    build). ``peek``: how to sample queues that have no non-destructive read (RabbitMQ).
     """
     tally = _Tally()
     unread, read_queues, notes = _count_queues(broker, queues, tally, peek)

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -68,6 +69,31 @@ TimeoutOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+QueueOpt = Annotated[
+    list[str] | None,
+    typer.Option("--queue", "-Q", metavar="QUEUE", help="Only these queues (repeatable)."),
+]
+# Reading RabbitMQ's waiting messages (scan, builds): it has no read that leaves them in place.
+PeekOpt = Annotated[
+    bool,
+    typer.Option(
+        "--peek", help="Sample RabbitMQ queues through the management API (requeues: sets redelivered)."
+    ),
+]
+PeekLimitOpt = Annotated[int, typer.Option("--peek-limit", metavar="N", help="Messages to peek per queue.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Allow --peek on quorum queues (reorders them).")]
+RegistryOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--registry",
+        metavar="DIR",
+        envvar="DEPLOYKIT_REGISTRY",
+        help="The manifest registry kept in this directory (one JSON file per build) instead of the "
+        "broker's own (for brokers with no place for it) [env: DEPLOYKIT_REGISTRY].",
+        show_default=False,
+        show_envvar=False,
+    ),
+]
 BuildOpt = Annotated[
     list[str] | None,
     typer.Option(

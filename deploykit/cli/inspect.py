@@ -14,8 +14,13 @@ from deploykit.cli import app
 from deploykit.cli.common import (
     AppOpt,
     BrokerOpt,
+    ForceOpt,
     JsonOpt,
     ManagementOpt,
+    PeekLimitOpt,
+    PeekOpt,
+    QueueOpt,
+    RegistryOpt,
     TimeoutOpt,
     emit_json,
     handle_errors,
@@ -61,10 +66,7 @@ def workers(
 @app.command()
 def queues(
     ctx: typer.Context,
-    queue: Annotated[
-        list[str] | None,
-        typer.Option("--queue", "-Q", metavar="QUEUE", help="Only these queues (repeatable)."),
-    ] = None,
+    queue: QueueOpt = None,
     app_: AppOpt = None,
     broker: BrokerOpt = None,
     management_url: ManagementOpt = None,
@@ -170,34 +172,11 @@ def status(
 @app.command()
 def builds(
     ctx: typer.Context,
-    queue: Annotated[
-        list[str] | None,
-        typer.Option("--queue", "-Q", metavar="QUEUE", help="Only these queues (repeatable)."),
-    ] = None,
-    peek: Annotated[
-        bool,
-        typer.Option(
-            "--peek", help="Sample RabbitMQ queues through the management API (requeues: sets redelivered)."
-        ),
-    ] = False,
-    peek_limit: Annotated[
-        int, typer.Option("--peek-limit", metavar="N", help="Messages to peek per queue.")
-    ] = 100,
-    force: Annotated[
-        bool, typer.Option("--force", help="Allow --peek on quorum queues (reorders them).")
-    ] = False,
-    registry: Annotated[
-        Path | None,
-        typer.Option(
-            "--registry",
-            metavar="DIR",
-            envvar="DEPLOYKIT_REGISTRY",
-            help="Read the manifest registry from this directory instead of the broker "
-            "[env: DEPLOYKIT_REGISTRY].",
-            show_default=False,
-            show_envvar=False,
-        ),
-    ] = None,
+    queue: QueueOpt = None,
+    peek: PeekOpt = False,
+    peek_limit: PeekLimitOpt = 100,
+    force: ForceOpt = False,
+    registry: RegistryOpt = None,
     app_: AppOpt = None,
     broker: BrokerOpt = None,
     management_url: ManagementOpt = None,
@@ -215,7 +194,7 @@ def builds(
     from deploykit.errors import UsageError
     from deploykit.inspection import collect_fleet
     from deploykit.manifest.model import Manifest
-    from deploykit.scan.run import queues_to_scan
+    from deploykit.scan.run import PeekOptions, queues_to_scan
 
     with handle_errors():
         if peek_limit < 1:
@@ -235,7 +214,7 @@ def builds(
                 registry_location=location,
                 app=session.app,
                 app_build=installed_build(session.app) if session.app is not None else None,
-                peek=(peek_limit, force) if peek else None,
+                peek=PeekOptions(peek_limit, force) if peek else None,
             )
         if json_:
             from deploykit.output.documents import builds_document

@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from deploykit.cli import app
-from deploykit.cli.common import AppOpt, JsonOpt, emit_json, handle_errors, load_user_app, merged_flags
+from deploykit.cli.common import (
+    AppOpt,
+    JsonOpt,
+    RegistryOpt,
+    emit_json,
+    handle_errors,
+    load_user_app,
+    merged_flags,
+)
 from deploykit.config import (
     DEFAULT_MANIFEST,
     CliFlags,
@@ -380,18 +388,6 @@ def rules(json_: JsonOpt = False) -> None:
 
 
 # --- the manifest registry ---------------------------------------------------------------------
-
-RegistryOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--registry",
-        metavar="DIR",
-        envvar="DEPLOYKIT_REGISTRY",
-        help="Keep the registry in this directory (one JSON file per build) instead of the broker "
-        "(for brokers with no place for it) [env: DEPLOYKIT_REGISTRY].",
-        show_default=False,
-    ),
-]
 
 
 @contextlib.contextmanager

@@ -15,8 +15,13 @@ from deploykit.cli import app
 from deploykit.cli.common import (
     AppOpt,
     BrokerOpt,
+    ForceOpt,
     JsonOpt,
     ManagementOpt,
+    PeekLimitOpt,
+    PeekOpt,
+    QueueOpt,
+    RegistryOpt,
     TimeoutOpt,
     emit_json,
     handle_errors,
@@ -185,35 +190,13 @@ def scan(
             help="The manifest of the code that produced the waiting messages (detects misbinding).",
         ),
     ] = None,
-    queue: Annotated[
-        list[str] | None,
-        typer.Option("--queue", "-Q", metavar="QUEUE", help="Only these queues (repeatable)."),
-    ] = None,
+    queue: QueueOpt = None,
     no_workers: Annotated[bool, typer.Option("--no-workers", help="Skip tasks held by workers.")] = False,
     no_beat: Annotated[bool, typer.Option("--no-beat", help="Skip beat schedule entries.")] = False,
-    peek: Annotated[
-        bool,
-        typer.Option(
-            "--peek", help="Sample RabbitMQ queues through the management API (requeues: sets redelivered)."
-        ),
-    ] = False,
-    peek_limit: Annotated[
-        int, typer.Option("--peek-limit", metavar="N", help="Messages to peek per queue.")
-    ] = 100,
-    force: Annotated[
-        bool, typer.Option("--force", help="Allow --peek on quorum queues (reorders them).")
-    ] = False,
-    registry: Annotated[
-        Path | None,
-        typer.Option(
-            "--registry",
-            metavar="DIR",
-            envvar="DEPLOYKIT_REGISTRY",
-            help="The manifest registry's directory, for messages stamped with their build (default: "
-            "the broker's registry) [env: DEPLOYKIT_REGISTRY].",
-            show_default=False,
-        ),
-    ] = None,
+    peek: PeekOpt = False,
+    peek_limit: PeekLimitOpt = 100,
+    force: ForceOpt = False,
+    registry: RegistryOpt = None,
     oversize: Annotated[
         str,
         typer.Option("--oversize", metavar="SIZE", help="Flag payloads larger than this (e.g. 512k, 1m)."),

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from queue import Full, Queue
 from typing import TYPE_CHECKING, Any
 
-from deploykit.brokers.base import Broker, ReadRefusal, ReadRefused, StoredPage
+from deploykit.brokers.base import Broker, RawMessage, ReadRefusal, ReadRefused, StoredPage
 from deploykit.errors import UsageError
 from deploykit.fleet.base import Fleet
 from deploykit.inspection import app_queue_names, discover
@@ -189,6 +189,63 @@ def _queues(names: Sequence[str]) -> str:
     return f"queue {names[0]}" if len(names) == 1 else f"{len(names)} queues ({listed(names)})"
 
 
+@dataclass
+class QueueReads:
+    """What reading a set of queues did: which were read in place or peeked, and which not (why)."""
+
+    #: Queues read in place (their pages went to ``on_pages``).
+    readable: list[str]
+    #: Queues sampled with ``peek``: how many messages each gave.
+    peeked: dict[str, int]
+    #: What each peek did to the messages -> the queues it did it to.
+    peek_effects: dict[str, list[str]]
+    #: Queues not read at all: queue -> (why, how to check).
+    unread: dict[str, tuple[str, str]]
+    #: Queues not peeked where nothing waits for a worker (unknown to the broker, streams).
+    nothing_waits: dict[ReadRefusal, list[str]]
+
+
+def read_queues(
+    broker: Broker,
+    queues: Iterable[str],
+    peek: PeekOptions | None,
+    on_pages: Callable[[str, Iterator[StoredPage]], None],
+    on_peeked: Callable[[str, Sequence[RawMessage]], None],
+) -> QueueReads:
+    """Read every queue once, in place where the broker can, else by ``peek`` when asked; the one
+    place that decides what cannot be read and how a user would check it (scan and builds)."""
+    reads = QueueReads([], {}, {}, {}, {})
+    for queue in dict.fromkeys(queues):
+        try:
+            pages = iter(broker.iter_pages(queue))
+            first = next(pages, None)
+        except ReadRefused:
+            if peek is None:
+                reads.unread[queue] = (f"{broker.kind} has no non-destructive read", _PEEK)
+                continue
+            try:
+                peeked, effect = broker.peek_messages(queue, peek.limit, allow_quorum=peek.allow_quorum)
+            except ReadRefused as refused:
+                if refused.reason in _NOTHING_WAITS:
+                    reads.nothing_waits.setdefault(refused.reason, []).append(queue)
+                elif refused.reason is ReadRefusal.QUORUM_QUEUE:
+                    reads.unread[queue] = (
+                        "a quorum queue, not peeked",
+                        "add --force to --peek (moves them to the back, raises their delivery count)",
+                    )
+                else:
+                    reads.unread[queue] = (refused.message, "read them with the broker's own tools")
+                continue
+            reads.peek_effects.setdefault(effect, []).append(queue)
+            reads.peeked[queue] = len(peeked)
+            on_peeked(queue, peeked)
+            continue
+        reads.readable.append(queue)
+        if first is not None:
+            on_pages(queue, itertools.chain((first,), pages))
+    return reads
+
+
 def run_scan(
     *,
     broker: Broker,
@@ -222,52 +279,26 @@ def run_scan(
     seen_ids: set[str] = set()
 
     tick = _ticker(report, progress)
-    readable: list[str] = []
-    peeked_queues: dict[str, int] = {}
-    #: What each peek did to the messages -> the queues it did it to.
-    peek_effects: dict[str, list[str]] = {}
-    #: Queues not read at all: queue -> (why, how to check).
-    unread: dict[str, tuple[str, str]] = {}
-    #: Queues not peeked where nothing waits for a worker (unknown to the broker, streams).
-    nothing_waits: dict[ReadRefusal, list[str]] = {}
+
+    def judge_pages(queue: str, pages: Iterator[StoredPage]) -> None:
+        for page in read_ahead(pages):
+            judge_raw(page.read(), f"queue:{queue}", judge, report)
+            tick()
+
     queue_names = list(dict.fromkeys(queues))
-    for queue in queue_names:
-        try:
-            pages = iter(broker.iter_pages(queue))
-            first = next(pages, None)
-        except ReadRefused:
-            if peek is None:
-                unread[queue] = (f"{broker.kind} has no non-destructive read", _PEEK)
-                continue
-            try:
-                peeked, effect = broker.peek_messages(queue, peek.limit, allow_quorum=peek.allow_quorum)
-            except ReadRefused as refused:
-                if refused.reason in _NOTHING_WAITS:
-                    nothing_waits.setdefault(refused.reason, []).append(queue)
-                elif refused.reason is ReadRefusal.QUORUM_QUEUE:
-                    unread[queue] = (
-                        "a quorum queue, not peeked",
-                        "add --force to --peek (moves them to the back, raises their delivery count)",
-                    )
-                else:
-                    unread[queue] = (refused.message, "read them with the broker's own tools")
-                continue
-            peek_effects.setdefault(effect, []).append(queue)
-            peeked_queues[queue] = len(peeked)
-            judge_raw(peeked, f"queue:{queue}", judge, report)
-            continue
-        readable.append(queue)
-        if first is not None:
-            for page in itertools.chain((first,), read_ahead(pages)):
-                judge_raw(page.read(), f"queue:{queue}", judge, report)
-                tick()
+    reads = read_queues(
+        broker,
+        queue_names,
+        peek,
+        judge_pages,
+        lambda queue, peeked: judge_raw(peeked, f"queue:{queue}", judge, report),
+    )
     for raw in broker.unacked_messages():
         task_id = raw.headers.id
         if isinstance(task_id, str):
             seen_ids.add(task_id)
         judge_raw((raw,), f"unacked:{raw.queue or '?'}", judge, report)
-    if unread or peeked_queues:
-        _count_unchecked(broker, report, unread, peeked_queues, peek, queue_names)
+    report.unchecked.extend(unchecked_counts(broker, reads, peek, queue_names))
 
     nodes = list(workers)
     if fleet is not None and nodes:
@@ -294,7 +325,7 @@ def run_scan(
             scan_app_beat(app, judge, report, schedule=beat_schedule)
         elif beat_schedule:
             scan(manifest_beat_items(new.beat), judge, report)
-    report.notes[:0] = _queue_notes(readable, peeked_queues, peek_effects, nothing_waits)
+    report.notes[:0] = queue_notes(reads.readable, reads.peeked, reads.peek_effects, reads.nothing_waits)
     return report
 
 
@@ -376,7 +407,7 @@ def scan_waiting(
     return report
 
 
-def _queue_notes(
+def queue_notes(
     readable: Sequence[str],
     peeked: Mapping[str, int],
     effects: Mapping[str, Sequence[str]],
@@ -394,28 +425,26 @@ def _queue_notes(
     return notes
 
 
-def _count_unchecked(
-    broker: Broker,
-    report: Report,
-    unread: Mapping[str, tuple[str, str]],
-    peeked: Mapping[str, int],
-    peek: PeekOptions | None,
-    scanned: Iterable[str],
-) -> None:
-    """Record what was not read, with the number the broker reports for each queue."""
-    stats = broker.queue_stats([*unread, *peeked])
+def unchecked_counts(
+    broker: Broker, reads: QueueReads, peek: PeekOptions | None, scanned: Iterable[str]
+) -> list[Unchecked]:
+    """What was not read, with the number the broker reports for each queue (none when all was)."""
+    if not reads.unread and not reads.peeked:
+        return []
+    unchecked: list[Unchecked] = []
+    stats = broker.queue_stats([*reads.unread, *reads.peeked])
     # Streams are logs, not task queues: nothing in them waits for a worker.
     waiting = {
         row.name: (row.ready if row.exists and row.queue_type != "stream" else 0) for row in stats.queues
     }
-    for queue, (reason, remedy) in unread.items():
+    for queue, (reason, remedy) in reads.unread.items():
         if waiting.get(queue) != 0:  # an empty (or absent) queue hides nothing
-            report.unchecked.append(Unchecked(f"queue:{queue}", waiting.get(queue), reason, remedy))
-    for queue, read in peeked.items():
+            unchecked.append(Unchecked(f"queue:{queue}", waiting.get(queue), reason, remedy))
+    for queue, read in reads.peeked.items():
         ready = waiting.get(queue)
         left = None if ready is None else max(0, ready - read)
         if left != 0 and peek is not None:
-            report.unchecked.append(
+            unchecked.append(
                 Unchecked(
                     f"queue:{queue}",
                     left,
@@ -425,7 +454,7 @@ def _count_unchecked(
             )
     delayed = stats.delayed
     if delayed is not None and delayed.messages != 0 and not set(delayed.queues) & set(scanned):
-        report.unchecked.append(
+        unchecked.append(
             Unchecked(
                 "delayed:" + ",".join(delayed.queues[:1]) + ("…" if len(delayed.queues) > 1 else ""),
                 delayed.messages,
@@ -433,6 +462,7 @@ def _count_unchecked(
                 _PEEK.replace("sample it", "sample them"),
             )
         )
+    return unchecked
 
 
 def _beat_key(item: Item) -> tuple[str, str | None, Any]:

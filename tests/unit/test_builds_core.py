@@ -17,6 +17,7 @@ from deploykit.errors import UsageError
 from deploykit.inspection import collect_fleet
 from deploykit.messages import StoredHeaders
 from deploykit.registry import RegistryEntry
+from deploykit.scan.run import PeekOptions
 from tests.fakes import FakeBroker, FakeFleet
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
@@ -192,14 +193,17 @@ def test_rabbitmq_with_peek_counts_what_it_sampled_and_the_rest_is_unread() -> N
         peekable={"celery": [peeked("A"), peeked("B"), peeked(None)], "celery_delayed_2": [peeked("A")]},
         delayed=DelayedStore(("celery_delayed_2",), 1),
     )
-    view = run(fake, FakeFleet({}), queues=["celery", "celery_delayed_2", "gone"], peek=(2, False))
+    view = run(fake, FakeFleet({}), queues=["celery", "celery_delayed_2", "gone"], peek=PeekOptions(2))
     rows = by_build(view)
     assert rows["A"].messages.queues == {"celery": 1} and rows["A"].messages.delayed == 1
     assert rows["B"].messages.queues == {"celery": 1} and "unstamped" not in rows
     assert [(u.location, u.messages, u.reason) for u in view.unread] == [
         ("queue:celery", 3, "beyond --peek-limit 2")
     ]
-    assert any(note.startswith("peeked 2 message(s) of celery") for note in view.notes)
+    # The scan's own note: one line per effect, the queues it was done to.
+    assert any(
+        note.startswith("peeked 3 message(s) of 2 queues (celery, celery_delayed_2)") for note in view.notes
+    )
 
 
 def test_workers_that_did_not_answer_leave_held_tasks_unread_on_rabbitmq() -> None:
@@ -294,7 +298,7 @@ def golden_view() -> BuildsView:
         registry_location="redis keys 'deploykit:manifest:*'",
         app=App(),
         app_build="A",
-        peek=(3, False),
+        peek=PeekOptions(3),
     )
 
 
